@@ -1,0 +1,1 @@
+"""Subcommands of the ``pollinid`` CLI; each module exposes ``register(subparsers)``."""

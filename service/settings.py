@@ -1,0 +1,107 @@
+"""Service settings, read from ``POLLINID_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def bundled_models_dir() -> Path:
+    """Return the folder of the models shipped with pollinid.
+
+    In a source checkout (editable install) this is ``<repo>/models``; in a wheel install it is the
+    ``pollinid_bundle.models`` package data.
+    """
+    repo_models = Path(__file__).resolve().parent.parent / "models"
+    if repo_models.is_dir():
+        return repo_models
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("pollinid_bundle.models")))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - broken install
+        return repo_models
+
+
+def bundled_frontend_dir() -> Path:
+    """Return the folder of the web pages shipped with pollinid."""
+    repo_frontend = Path(__file__).resolve().parent.parent / "frontend"
+    if repo_frontend.is_dir():
+        return repo_frontend
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("pollinid_bundle.frontend")))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover
+        return repo_frontend
+
+
+class Settings(BaseSettings):
+    """All configuration of a pollinid process. Every field maps to ``POLLINID_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="POLLINID_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path("./pollinid-data"), description="SQLite file and media live here")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    models_dir: Path = Field(default_factory=bundled_models_dir)
+    media_dir: Path | None = None
+    frontend_dir: Path = Field(default_factory=bundled_frontend_dir)
+
+    # Model selection: when nothing is activated in the database, the newest version of this name is used.
+    default_model: str | None = None
+
+    # Upload and decoding limits.
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = 60 * 1024 * 1024
+    max_images: int = 5
+    max_image_pixels: int = 50_000_000
+    max_image_side: int = 20_000
+
+    # Identification.
+    default_top_k: int = 5
+    max_top_k: int = 50
+    rollup_threshold: float = 0.8
+
+    # Inference runtime.
+    providers: str = "auto"  # auto | cpu | cuda
+    intra_op_threads: int = 0  # 0: number of cores
+    inter_op_threads: int = 1
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    decode_threads: int = 0  # 0: number of cores
+
+    # Access.
+    identify_requires_key: bool = False
+    secret_key: str = "change-me-in-production"
+
+    # Activation polling (several processes share one database).
+    model_poll_seconds: float = 2.0
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        if self.media_dir is None:
+            self.media_dir = self.data_dir / "media"
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pollinid.sqlite3').resolve()}"
+
+    @property
+    def media_path(self) -> Path:
+        assert self.media_dir is not None
+        return self.media_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, built once per process."""
+    return Settings()
