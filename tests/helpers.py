@@ -28,7 +28,7 @@ COLOR_TAXONOMY: dict[str, LabelTaxon] = {
 
 def tiny_onnx_bytes(num_classes: int = 3, *, size: int | None = 32, sharpness: float = 8.0,
                     input_name: str = "input", output_name: str = "logits", weights: np.ndarray | None = None,
-                    opset: int = 17) -> bytes:
+                    opset: int = 18) -> bytes:
     """A real ONNX network: global average pool of the normalised RGB input, then a linear layer.
 
     With the default weights, class ``i`` (for i < 3) scores the i-th colour channel, so a red photo is
