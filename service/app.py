@@ -49,4 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.routes import health
 
     app.include_router(health.router, prefix="/api/v1")
+
+    # Web pages last, so API routes always win.
+    from service.routes.pages import mount_pages
+
+    mount_pages(app, settings.frontend_dir)
     return app

@@ -52,7 +52,10 @@ def ping(engine: Engine) -> bool:
 
 
 def init_db(engine: Engine) -> None:
-    """Bring the schema up to date (migrations are applied by :mod:`service.migrations` when present)."""
-    from service.tables import Base
+    """Bring the schema up to date: apply the Alembic migrations up to head.
 
-    Base.metadata.create_all(engine)
+    Safe when several processes start at once (see :func:`service.migrations.upgrade`).
+    """
+    from service.migrations import upgrade
+
+    upgrade(engine, "head")

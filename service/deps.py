@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service import auth
+from service.auth import Role
 from service.settings import Settings
+from service.tables import User
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -26,3 +29,50 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+# -- users and roles (see service.auth) -----------------------------------------------------------------
+
+
+def get_current_user(request: Request, session: SessionDep) -> User:
+    """The user of the ``Authorization: Bearer <key>`` header; 401 without a valid key."""
+    return auth.current_user(request, session)
+
+
+def get_optional_user(request: Request, session: SessionDep) -> User | None:
+    """The user when a key is sent, else None; a bad key is still a 401."""
+    return auth.optional_user(request, session)
+
+
+def get_identify_user(request: Request, session: SessionDep) -> User | None:
+    """For ``/identify``: a key is required only with ``settings.identify_requires_key``."""
+    return auth.identify_user(request, session)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+IdentifyUser = Annotated[User | None, Depends(get_identify_user)]
+
+
+def require_role(*roles: Role) -> Callable[..., User]:
+    """A dependency admitting only ``roles``: 401 without a key, 403 with another role.
+
+    Attach it at router level: ``APIRouter(dependencies=[Depends(require_role(Role.expert, Role.admin))])``.
+    """
+    check = auth.role_checker(roles)
+
+    def dependency(user: CurrentUser) -> User:
+        return check(user)
+
+    dependency.pollinid_roles = check.roles  # type: ignore[attr-defined]
+    return dependency
+
+
+def require_identify_access() -> Callable[..., User | None]:
+    """Router-level dependency for ``/identify``: public unless ``settings.identify_requires_key``."""
+
+    def dependency(user: IdentifyUser) -> User | None:
+        return user
+
+    dependency.pollinid_identify = True  # type: ignore[attr-defined]
+    return dependency

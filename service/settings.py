@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     identify_requires_key: bool = False
     secret_key: str = "change-me-in-production"
 
+    # Observations, consensus and the validation queue.
+    consensus_min_agreements: float = Field(2.0, gt=0, description="N: weighted agreeing identifications "
+                                            "needed for a community taxon (SPIPOLL asks for 3)")
+    consensus_threshold: float = Field(2 / 3, gt=0, lt=1, description="share of agreements to pass")
+    consensus_specialist_weight: float = Field(1.0, gt=0, description="weight of an expert's identification")
+    queue_lease_seconds: float = Field(600.0, gt=0, description="how long a queue item stays with one expert")
+    public_base_url: str = Field("http://127.0.0.1:8000", description="base URL written into exports")
+    export_title: str = "pollinid observations of pollinating insects"
+    export_publisher: str = "pollinid"
+
     # Activation polling (several processes share one database).
     model_poll_seconds: float = 2.0
 

@@ -1,0 +1,87 @@
+// pollinid — a small client for the REST API: the key lives in localStorage and goes in a Bearer header.
+const KEY_STORAGE = "pollinid.apiKey";
+
+export function getKey() { return localStorage.getItem(KEY_STORAGE) || ""; }
+export function setKey(key) {
+  if (key) localStorage.setItem(KEY_STORAGE, key.trim()); else localStorage.removeItem(KEY_STORAGE);
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const message = (body && body.error && body.error.message) || `request failed (${status})`;
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/** fetch() wrapper: JSON in and out, FormData passed through, errors thrown as ApiError. */
+export async function api(path, { method = "GET", json, form, query, headers = {}, auth = true } = {}) {
+  const url = new URL(path, window.location.origin);
+  if (query) {
+    for (const [k, v] of Object.entries(query)) {
+      if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
+    }
+  }
+  const init = { method, headers: { Accept: "application/json", ...headers } };
+  const key = getKey();
+  if (auth && key) init.headers.Authorization = `Bearer ${key}`;
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  } else if (form) {
+    init.body = form;
+  }
+  const response = await fetch(url, init);
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : null;
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+/** Text node helper: never build HTML from API strings. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v; // CSSOM, allowed by the pages' CSP
+    else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export function showError(target, error) {
+  target.textContent = error instanceof Error ? error.message : String(error);
+  target.classList.remove("hidden");
+}
+
+export function percent(score) { return `${Math.round(score * 100)}%`; }
+
+/** "Probably genus Polyommatus" style wording for a roll-up. */
+export function rollupText(rollup) {
+  if (!rollup) return "Not sure: even the order is uncertain.";
+  const name = rollup.taxon && (rollup.taxon.scientific_name || rollup.taxon.name || rollup.taxon.label);
+  if (rollup.rank === "species") return `Likely ${name} (${percent(rollup.score)})`;
+  return `Probably ${rollup.rank} ${name} (${percent(rollup.score)})`;
+}
+
+/** Wire the sign-in form shared by every page. */
+export function setupSignIn(form, status, onChange) {
+  const input = form.querySelector("input");
+  input.value = getKey();
+  const render = () => { status.textContent = getKey() ? "Signed in with a key." : "Not signed in."; };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    setKey(input.value);
+    render();
+    onChange && onChange();
+  });
+  render();
+}

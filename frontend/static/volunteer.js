@@ -1,0 +1,218 @@
+// pollinid — volunteer page: photos → suggestions → observation.
+import { api, el, percent, rollupText, setupSignIn, showError } from "./api.js";
+import { preparePhotos } from "./photos.js";
+
+const MAX_PHOTOS = 5;
+const SESSION_MINUTES = 20;
+const SESSION_STORAGE = "pollinid.session";
+const $ = (id) => document.getElementById(id);
+
+const state = { files: [], prepared: null, result: null, picked: null };
+
+function taxonPath(taxon) {
+  return [taxon.order, taxon.family, taxon.genus].filter(Boolean).join(" › ");
+}
+
+function renderPreviews() {
+  const box = $("previews");
+  box.replaceChildren();
+  state.files.forEach((file, index) => {
+    const url = URL.createObjectURL(file);
+    const img = el("img", { src: url, alt: `Photo ${index + 1}: ${file.name}` });
+    img.addEventListener("load", () => URL.revokeObjectURL(url));
+    box.append(el("figure", {}, img,
+      el("button", { type: "button", class: "secondary", "aria-label": `Remove photo ${index + 1}`,
+        onclick: () => { state.files.splice(index, 1); renderPreviews(); } }, "×")));
+  });
+  $("identify").disabled = state.files.length === 0;
+}
+
+function renderResults(result) {
+  $("results-panel").classList.remove("hidden");
+  $("details-panel").classList.remove("hidden");
+  const rollup = $("rollup");
+  rollup.textContent = rollupText(result.rollup);
+  rollup.classList.toggle("warn", !result.rollup || result.rollup.rank !== "species");
+  const cards = $("cards");
+  cards.replaceChildren();
+  const thumb = state.files[0] ? URL.createObjectURL(state.files[0]) : null;
+  result.results.forEach((item, index) => {
+    const t = item.taxon;
+    const id = `pick-${index}`;
+    const radio = el("input", { type: "radio", name: "pick", id, value: t.label,
+      onchange: () => { state.picked = t; markSelected(); } });
+    cards.append(el("label", { class: "card", for: id, "data-label": t.label },
+      thumb ? el("img", { src: thumb, alt: "" }) : el("span"),
+      el("div", {},
+        el("div", { class: "row" }, radio, el("span", { class: "sci" }, t.scientific_name || t.label)),
+        t.common_name ? el("div", {}, t.common_name) : null,
+        el("div", { class: "bar", role: "img", "aria-label": `confidence ${percent(item.score)}` },
+          el("span", { style: `width:${Math.max(2, Math.round(item.score * 100))}%` })),
+        el("div", { class: "muted" }, `${percent(item.score)} confidence`),
+        el("div", { class: "path" }, taxonPath(t)))));
+  });
+  $("pick-unknown").onchange = () => { state.picked = null; markSelected(); };
+}
+
+function markSelected() {
+  for (const card of document.querySelectorAll(".card")) {
+    card.classList.toggle("selected", !!state.picked && card.dataset.label === state.picked.label);
+  }
+}
+
+async function identify() {
+  $("identify-error").classList.add("hidden");
+  $("identify").disabled = true;
+  $("identify-status").textContent = "Identifying…";
+  try {
+    state.prepared = await preparePhotos(state.files);
+    const form = new FormData();
+    for (const file of state.prepared.files) form.append("images", file, file.name);
+    state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
+    renderResults(state.result);
+    fillFromExif(state.prepared.exif);
+    $("identify-status").textContent = `Model ${state.result.model.name} ${state.result.model.version}`;
+  } catch (error) {
+    showError($("identify-error"), error);
+    $("identify-status").textContent = "";
+  } finally {
+    $("identify").disabled = state.files.length === 0;
+  }
+}
+
+function toLocalInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function fillFromExif(exif) {
+  if (!$("observed-at").value) $("observed-at").value = exif.observedAt ? exif.observedAt.slice(0, 16) : toLocalInput(new Date());
+  if (exif.latitude !== undefined && !$("latitude").value) {
+    $("latitude").value = exif.latitude;
+    $("longitude").value = exif.longitude;
+    $("locator").textContent = "Position read from the photo.";
+  }
+  updateLocator();
+}
+
+function updateLocator() {
+  const lat = parseFloat($("latitude").value);
+  const lon = parseFloat($("longitude").value);
+  if (Number.isNaN(lat) || Number.isNaN(lon)) return;
+  const ns = lat >= 0 ? "N" : "S";
+  const ew = lon >= 0 ? "E" : "W";
+  // A simple offline locator: degrees and a 1-degree grid square, no tile server needed.
+  $("locator").textContent = `${Math.abs(lat).toFixed(4)}° ${ns}, ${Math.abs(lon).toFixed(4)}° ${ew} (grid ${Math.floor(lat)}/${Math.floor(lon)})`;
+}
+
+function locate() {
+  if (!navigator.geolocation) { $("locator").textContent = "This browser cannot give a position."; return; }
+  $("locator").textContent = "Locating…";
+  navigator.geolocation.getCurrentPosition((pos) => {
+    $("latitude").value = pos.coords.latitude.toFixed(6);
+    $("longitude").value = pos.coords.longitude.toFixed(6);
+    state.precision = Math.round(pos.coords.accuracy);
+    updateLocator();
+  }, (err) => { $("locator").textContent = `No position: ${err.message}`; }, { enableHighAccuracy: true, timeout: 10000 });
+}
+
+function currentSession() {
+  try {
+    const s = JSON.parse(localStorage.getItem(SESSION_STORAGE) || "null");
+    if (s && Date.now() < s.endsAt) return s;
+  } catch { /* ignore */ }
+  return null;
+}
+
+function renderSession() {
+  const s = currentSession();
+  $("session-start").classList.toggle("hidden", !!s);
+  $("session-stop").classList.toggle("hidden", !s);
+  if (s) {
+    const left = Math.max(0, Math.round((s.endsAt - Date.now()) / 60000));
+    $("session-status").textContent = `Session ${s.id.slice(0, 8)} — ${left} min left`;
+  } else {
+    $("session-status").textContent = "No session: each observation stands alone.";
+  }
+}
+
+async function submitObservation(event) {
+  event.preventDefault();
+  $("submit-error").classList.add("hidden");
+  if (!state.prepared) { showError($("submit-error"), "Add photos and identify them first."); return; }
+  const form = new FormData();
+  for (const file of state.prepared.files) form.append("images", file, file.name);
+  const observedAt = $("observed-at").value;
+  if (observedAt) form.append("observed_at", new Date(observedAt).toISOString());
+  if ($("latitude").value && $("longitude").value) {
+    form.append("latitude", $("latitude").value);
+    form.append("longitude", $("longitude").value);
+    if (state.precision) form.append("coordinate_precision_m", String(state.precision));
+  }
+  if ($("flower").value.trim()) form.append("flower", $("flower").value.trim());
+  form.append("licence", $("licence").value);
+  if ($("notes").value.trim()) form.append("notes", $("notes").value.trim());
+  const session = currentSession();
+  if (session) form.append("session_id", session.id);
+  if (state.picked) form.append("proposed_taxon", state.picked.label);
+  $("submit").disabled = true;
+  $("submit-status").textContent = "Sending…";
+  try {
+    const created = await api("/api/v1/observations", {
+      method: "POST", form, headers: { "Idempotency-Key": crypto.randomUUID() } });
+    $("submit-status").textContent = `Saved as observation ${created.id}. Thank you!`;
+    state.files = []; state.prepared = null; state.result = null; state.picked = null;
+    renderPreviews();
+    $("results-panel").classList.add("hidden");
+    $("details-panel").classList.add("hidden");
+    $("photos").value = "";
+    await loadMine();
+  } catch (error) {
+    showError($("submit-error"), error);
+    $("submit-status").textContent = "";
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+async function loadMine() {
+  $("mine-error").classList.add("hidden");
+  const body = $("mine");
+  try {
+    const page = await api("/api/v1/observations", { query: { mine: "true", limit: 50 } });
+    body.replaceChildren(...page.data.map((o) => el("tr", {},
+      el("td", {}, o.observed_at ? new Date(o.observed_at).toLocaleString() : "—"),
+      el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replace("_", " "))),
+      el("td", {}, o.consensus_taxon ? (o.consensus_taxon.scientific_name || o.consensus_taxon.name) : "—"),
+      el("td", {}, o.session_id ? o.session_id.slice(0, 8) : "—"))));
+    if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No observations yet.")));
+  } catch (error) {
+    if (error.status === 401) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "Sign in to see your observations.")));
+    } else {
+      showError($("mine-error"), error);
+    }
+  }
+}
+
+setupSignIn($("signin"), $("signin-status"), loadMine);
+$("photos").addEventListener("change", (event) => {
+  const chosen = Array.from(event.target.files || []);
+  state.files = [...state.files, ...chosen].slice(0, MAX_PHOTOS);
+  if (chosen.length + state.files.length > MAX_PHOTOS) $("identify-status").textContent = `At most ${MAX_PHOTOS} photos.`;
+  renderPreviews();
+});
+$("identify").addEventListener("click", identify);
+$("locate").addEventListener("click", locate);
+$("latitude").addEventListener("input", updateLocator);
+$("longitude").addEventListener("input", updateLocator);
+$("observation-form").addEventListener("submit", submitObservation);
+$("refresh-mine").addEventListener("click", loadMine);
+$("session-start").addEventListener("click", () => {
+  localStorage.setItem(SESSION_STORAGE, JSON.stringify({ id: crypto.randomUUID(), endsAt: Date.now() + SESSION_MINUTES * 60000 }));
+  renderSession();
+});
+$("session-stop").addEventListener("click", () => { localStorage.removeItem(SESSION_STORAGE); renderSession(); });
+setInterval(renderSession, 30000);
+renderSession();
+loadMine();

@@ -1,0 +1,51 @@
+"""The web pages (volunteer, specialist, admin), served from the frontend folder with a strict CSP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+PAGES = {"/": "index.html", "/expert": "expert.html", "/admin": "admin.html"}
+
+# No external origin is ever needed: pages, scripts, styles and photos all come from the service.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), geolocation=(self), microphone=()",
+}
+
+
+class _StaticWithHeaders(StaticFiles):
+    async def get_response(self, path: str, scope: Scope):  # type: ignore[no-untyped-def]
+        response = await super().get_response(path, scope)
+        response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+        return response
+
+
+def mount_pages(app: FastAPI, frontend_dir: Path) -> None:
+    """Serve the pages at ``/``, ``/expert``, ``/admin`` and their assets at ``/static``."""
+    router = APIRouter(include_in_schema=False)
+
+    def _page(filename: str):  # type: ignore[no-untyped-def]
+        def handler() -> FileResponse:
+            return FileResponse(frontend_dir / filename, media_type="text/html",
+                                headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
+        return handler
+
+    for path, filename in PAGES.items():
+        if (frontend_dir / filename).is_file():
+            router.add_api_route(path, _page(filename), methods=["GET"])
+    app.include_router(router)
+    static = frontend_dir / "static"
+    if static.is_dir():
+        app.mount("/static", _StaticWithHeaders(directory=static), name="static")

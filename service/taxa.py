@@ -1,0 +1,268 @@
+"""The ``taxa`` table: a tree (rank, parent) loaded from model cards and taxonomy CSVs.
+
+Each taxon keeps ``path`` = the ids from the root down to itself (``/3/7/12/``), so "this taxon and its
+descendants" is one indexed prefix query on both SQLite and PostgreSQL. Model labels map to taxa through
+``taxon_labels``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from service.errors import InvalidRequest, NotFound
+from service.modelcard import RANKS, LabelTaxon, ModelCard
+from service.taxonomy import read_taxonomy_csv
+from service.tables import Taxon, TaxonLabel
+
+logger = logging.getLogger(__name__)
+
+# An arbitrary constant: PostgreSQL advisory lock serialising concurrent taxa syncs.
+TAXA_LOCK_KEY = 0x7461786100000001
+
+
+class UnknownTaxon(InvalidRequest):
+    code = "unknown_taxon"
+
+
+@dataclass
+class SyncResult:
+    created: int = 0
+    updated: int = 0
+    labels: int = 0
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": TAXA_LOCK_KEY})
+
+
+def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None]]:
+    """``[(rank, scientific_name, common_name)]`` from the coarsest known ancestor down to the label."""
+    values = info.model_dump()
+    leaf_rank = info.rank or "species"
+    leaf_index = RANKS.index(leaf_rank) if leaf_rank in RANKS else len(RANKS)
+    chain: list[tuple[str, str, str | None]] = []
+    for rank in RANKS[:leaf_index]:
+        name = values.get(rank)
+        if isinstance(name, str) and name.strip():
+            chain.append((rank, name.strip(), None))
+    chain.append((leaf_rank, (info.scientific_name or label).strip(), info.common_name))
+    return chain
+
+
+def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult:
+    """Insert or update the taxa of ``{label: LabelTaxon}`` with all their ancestors.
+
+    Existing taxa keep their id; a newer, non-empty common name or parent replaces the old one. The
+    caller commits. Safe against a concurrent sync (advisory lock on PostgreSQL; SQLite transactions
+    are already serialised).
+    """
+    _lock(session)
+    result = SyncResult()
+    existing: dict[tuple[str, str], Taxon] = {
+        (t.rank, t.scientific_name): t for t in session.scalars(select(Taxon))
+    }
+    labels: dict[str, TaxonLabel] = {row.label: row for row in session.scalars(select(TaxonLabel))}
+    changed = False
+    for label, info in entries.items():
+        parent: Taxon | None = None
+        for rank, name, common in _lineage_of(label, info):
+            node = existing.get((rank, name))
+            if node is None:
+                node = Taxon(rank=rank, scientific_name=name, common_name=common, path="",
+                             parent_id=parent.id if parent else None, group=info.group)
+                session.add(node)
+                session.flush()
+                existing[(rank, name)] = node
+                result.created += 1
+                changed = True
+            else:
+                if common and node.common_name != common:
+                    node.common_name = common
+                    result.updated += 1
+                if parent is not None and node.parent_id != parent.id:
+                    node.parent_id = parent.id
+                    result.updated += 1
+                    changed = True
+                if info.group and not node.group:
+                    node.group = info.group
+            parent = node
+        assert parent is not None
+        row = labels.get(label)
+        if row is None:
+            row = TaxonLabel(label=label, taxon_id=parent.id)
+            session.add(row)
+            labels[label] = row
+            result.labels += 1
+        elif row.taxon_id != parent.id:
+            row.taxon_id = parent.id
+            result.labels += 1
+    if changed:
+        rebuild_paths(session)
+    session.flush()
+    return result
+
+
+def sync_taxa_from_card(session: Session, card: ModelCard) -> SyncResult:
+    """Load the taxa of a model card's labels (called when a model is registered or loaded)."""
+    result = sync_taxa(session, {label: card.taxon_of(label) for label in card.labels})
+    logger.info("taxa from model %s/%s: %d created, %d updated", card.name, card.version, result.created,
+                result.updated)
+    return result
+
+
+def import_taxonomy_csv(session: Session, path: Path) -> SyncResult:
+    """Load a taxonomy CSV (``label,scientific_name,common_name,genus,family,order,...``)."""
+    return sync_taxa(session, read_taxonomy_csv(path))
+
+
+def rebuild_paths(session: Session) -> None:
+    """Recompute every taxon's ``path``; refuses a cycle in the parent links."""
+    session.flush()
+    rows = session.execute(select(Taxon.id, Taxon.parent_id, Taxon.path)).all()
+    parent = {r.id: r.parent_id for r in rows}
+    old = {r.id: r.path for r in rows}
+    paths: dict[int, str] = {}
+
+    def path_of(tid: int) -> str:
+        chain: list[int] = []
+        cur: int | None = tid
+        while cur is not None and cur not in paths:
+            if cur in chain:
+                raise InvalidRequest(f"the taxonomy has a cycle through taxon {cur}")
+            chain.append(cur)
+            cur = parent.get(cur)
+        prefix = paths[cur] if cur is not None else "/"
+        for node in reversed(chain):
+            prefix = f"{prefix}{node}/"
+            paths[node] = prefix
+        return paths[tid]
+
+    for tid in parent:
+        new = path_of(tid)
+        if old[tid] != new:
+            session.get(Taxon, tid).path = new  # type: ignore[union-attr]
+
+
+# -- queries -------------------------------------------------------------------------------------------
+
+
+def get_taxon(session: Session, taxon_id: int) -> Taxon:
+    taxon = session.get(Taxon, taxon_id)
+    if taxon is None:
+        raise NotFound(f"taxon {taxon_id} not found")
+    return taxon
+
+
+def resolve_taxon(session: Session, ref: int | str) -> Taxon:
+    """A taxon by id, model label, or exact scientific or common name (case-insensitive).
+
+    Raises:
+        UnknownTaxon: nothing matches, or a name matches several taxa.
+    """
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+        taxon = session.get(Taxon, int(ref))
+        if taxon is None:
+            raise UnknownTaxon(f"unknown taxon id {ref}; search taxa with GET /api/v1/taxa?q=")
+        return taxon
+    name = ref.strip()
+    if not name:
+        raise UnknownTaxon("empty taxon name")
+    by_label = session.scalar(select(TaxonLabel).where(TaxonLabel.label == name))
+    if by_label is not None:
+        return get_taxon(session, by_label.taxon_id)
+    folded = name.casefold()
+    matches = list(session.scalars(select(Taxon).where(
+        or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded))))
+    if not matches:
+        raise UnknownTaxon(f"unknown taxon {name!r}; search taxa with GET /api/v1/taxa?q=")
+    if len(matches) > 1:
+        raise UnknownTaxon(f"{name!r} names several taxa; give its id",
+                           detail=[{"id": t.id, "rank": t.rank, "scientific_name": t.scientific_name}
+                                   for t in matches])
+    return matches[0]
+
+
+def taxon_for_label(session: Session, label: str) -> Taxon | None:
+    row = session.scalar(select(TaxonLabel).where(TaxonLabel.label == label))
+    return session.get(Taxon, row.taxon_id) if row is not None else None
+
+
+def labels_to_taxa(session: Session, labels: Iterable[str]) -> dict[str, int]:
+    """``{label: taxon_id}`` for the labels that have a taxon."""
+    wanted = list(dict.fromkeys(labels))
+    if not wanted:
+        return {}
+    rows = session.execute(select(TaxonLabel.label, TaxonLabel.taxon_id).where(TaxonLabel.label.in_(wanted)))
+    return {r.label: r.taxon_id for r in rows}
+
+
+def ancestor_ids(taxon: Taxon) -> list[int]:
+    """Ids from the root down to ``taxon`` (inclusive)."""
+    return [int(p) for p in taxon.path.strip("/").split("/") if p]
+
+
+def ancestors(session: Session, taxon: Taxon) -> list[Taxon]:
+    """The ancestors of ``taxon``, root first (excluding itself)."""
+    ids = ancestor_ids(taxon)[:-1]
+    if not ids:
+        return []
+    by_id = {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(ids)))}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def lineages(session: Session, taxon_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+    """``{taxon_id: (root id, ..., taxon_id)}`` for each id."""
+    ids = list(set(taxon_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(Taxon.id, Taxon.path).where(Taxon.id.in_(ids)))
+    return {r.id: tuple(int(p) for p in r.path.strip("/").split("/") if p) for r in rows}
+
+
+def subtree_condition(column: ColumnElement[int | None], taxon: Taxon) -> ColumnElement[bool]:
+    """SQL condition: ``column`` is ``taxon`` or one of its descendants."""
+    sub = select(Taxon.id).where(or_(Taxon.id == taxon.id, Taxon.path.startswith(taxon.path, autoescape=True)))
+    return and_(column.is_not(None), column.in_(sub))
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_taxa(session: Session, q: str | None, *, rank: str | None = None, limit: int = 20,
+                offset: int = 0) -> tuple[list[Taxon], int]:
+    """Taxa whose scientific or common name, or a word of it, starts with ``q`` (case-insensitive)."""
+    conditions: list[ColumnElement[bool]] = []
+    if q:
+        p = _escape_like(q.strip().casefold())
+        name_conds = []
+        for col in (Taxon.scientific_name, Taxon.common_name):
+            low = func.lower(col)
+            name_conds.append(low.like(f"{p}%", escape="\\"))
+            name_conds.append(low.like(f"% {p}%", escape="\\"))
+        conditions.append(or_(*name_conds))
+    if rank:
+        conditions.append(Taxon.rank == rank)
+    base = select(Taxon).where(*conditions)
+    count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    starts = func.lower(Taxon.scientific_name).like(f"{_escape_like(q.strip().casefold())}%", escape="\\") \
+        if q else None
+    order = [func.length(Taxon.scientific_name), Taxon.scientific_name, Taxon.id]
+    if starts is not None:
+        from sqlalchemy import case
+
+        order.insert(0, case((starts, 0), else_=1))
+    rows = list(session.scalars(base.order_by(*order).limit(limit).offset(offset)))
+    return rows, int(count)
+
+
+def labels_of(session: Session, taxon_id: int) -> list[str]:
+    return list(session.scalars(select(TaxonLabel.label).where(TaxonLabel.taxon_id == taxon_id)
+                                .order_by(TaxonLabel.label)))
