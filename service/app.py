@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Identify pollinating insects from photos; record, validate and learn from observations.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by mount_pages: no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     register_exception_handlers(app)

@@ -85,15 +85,6 @@ class Consensus:
     scores: tuple[TaxonScore, ...] = field(default=(), compare=False)
 
 
-def _relation(candidate: int, depth: int, lineage: tuple[int, ...]) -> str:
-    """How an identification with ``lineage`` relates to a candidate at ``depth`` (0-based) of its own."""
-    if len(lineage) > depth and lineage[depth] == candidate:
-        return "agrees"  # the identified taxon is the candidate or one of its descendants
-    if candidate in lineage:
-        return "ancestor"  # impossible in a consistent tree; treated as agreement below
-    return "other"
-
-
 def taxon_scores(votes: Sequence[Vote]) -> list[TaxonScore]:
     """Agreement and disagreement weights of every candidate taxon (see the module docstring)."""
     candidates: dict[int, tuple[int, tuple[int, ...]]] = {}
@@ -110,11 +101,10 @@ def taxon_scores(votes: Sequence[Vote]) -> list[TaxonScore]:
                 continue
             if v.kind not in TAXON_KINDS or not v.lineage:
                 continue  # cannot_tell is neutral about taxa
-            rel = _relation(tid, depth, v.lineage)
-            if rel in ("agrees", "ancestor"):
-                agree += v.weight
+            if v.lineage[: depth + 1] == cand_lineage:
+                agree += v.weight  # the candidate itself or one of its descendants
             elif len(v.lineage) <= depth and cand_lineage[: len(v.lineage)] == v.lineage:
-                # The identification is of a strict ancestor of the candidate.
+                # A strict ancestor of the candidate: neutral, unless it explicitly disagrees.
                 if v.disagreement:
                     ancestor_disagree += v.weight
             else:

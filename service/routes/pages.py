@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -32,8 +32,23 @@ class _StaticWithHeaders(StaticFiles):
         return response
 
 
+def mount_docs(app: FastAPI) -> None:
+    """OpenAPI docs at ``/docs`` with Swagger UI served from the installed package (works offline)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="pollinid API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="data:,")
+
+
 def mount_pages(app: FastAPI, frontend_dir: Path) -> None:
-    """Serve the pages at ``/``, ``/expert``, ``/admin`` and their assets at ``/static``."""
+    """Serve the pages at ``/``, ``/expert``, ``/admin``, their assets at ``/static``, and ``/docs``."""
+    mount_docs(app)
     router = APIRouter(include_in_schema=False)
 
     def _page(filename: str):  # type: ignore[no-untyped-def]
