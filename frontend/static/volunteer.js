@@ -1,5 +1,5 @@
 // pollinid — volunteer page: photos → suggestions → observation.
-import { api, el, percent, rollupText, setupSignIn, showError } from "./api.js";
+import { api, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
 import { preparePhotos } from "./photos.js";
 
 const MAX_PHOTOS = 5;
@@ -178,6 +178,10 @@ async function submitObservation(event) {
 async function loadMine() {
   $("mine-error").classList.add("hidden");
   const body = $("mine");
+  if (!getKey()) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "Sign in to see your observations.")));
+    return;
+  }
   try {
     const page = await api("/api/v1/observations", { query: { mine: "true", limit: 50 } });
     body.replaceChildren(...page.data.map((o) => el("tr", {},

@@ -1,0 +1,194 @@
+// pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
+import { api, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
+
+const $ = (id) => document.getElementById(id);
+const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
+
+function taxonName(t) { return t ? (t.scientific_name || t.label || t.name) : "—"; }
+
+// ---- viewer -------------------------------------------------------------------------------------
+function applyTransform() {
+  $("photo").style.transform = `translate(${state.x}px, ${state.y}px) scale(${state.zoom})`;
+}
+function fit() {
+  const img = $("photo");
+  const box = $("viewer").getBoundingClientRect();
+  if (!img.naturalWidth) return;
+  state.zoom = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+  state.x = (box.width - img.naturalWidth * state.zoom) / 2;
+  state.y = (box.height - img.naturalHeight * state.zoom) / 2;
+  applyTransform();
+}
+function zoomBy(factor, cx, cy) {
+  const box = $("viewer").getBoundingClientRect();
+  const px = cx ?? box.width / 2;
+  const py = cy ?? box.height / 2;
+  const next = Math.min(20, Math.max(0.05, state.zoom * factor));
+  state.x = px - (px - state.x) * (next / state.zoom);
+  state.y = py - (py - state.y) * (next / state.zoom);
+  state.zoom = next;
+  applyTransform();
+}
+function setupViewer() {
+  const viewer = $("viewer");
+  viewer.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const box = viewer.getBoundingClientRect();
+    zoomBy(e.deltaY < 0 ? 1.2 : 1 / 1.2, e.clientX - box.left, e.clientY - box.top);
+  }, { passive: false });
+  let drag = null;
+  viewer.addEventListener("pointerdown", (e) => { drag = { x: e.clientX - state.x, y: e.clientY - state.y }; viewer.setPointerCapture(e.pointerId); });
+  viewer.addEventListener("pointermove", (e) => { if (drag) { state.x = e.clientX - drag.x; state.y = e.clientY - drag.y; applyTransform(); } });
+  viewer.addEventListener("pointerup", () => { drag = null; });
+  $("photo").addEventListener("load", fit);
+  $("zoom-in").addEventListener("click", () => zoomBy(1.25));
+  $("zoom-out").addEventListener("click", () => zoomBy(0.8));
+  $("zoom-reset").addEventListener("click", fit);
+}
+function showPhoto(index) {
+  const photos = state.item.photos;
+  state.photoIndex = index;
+  $("photo").src = photos[index].url;
+  $("photo").alt = `Photo ${index + 1} of ${photos.length}`;
+  for (const [i, t] of [...$("thumbs").children].entries()) t.setAttribute("aria-current", String(i === index));
+}
+
+// ---- the item ---------------------------------------------------------------------------------------
+function renderItem(obs) {
+  state.item = obs;
+  state.taxonChoice = null;
+  $("item").classList.remove("hidden");
+  $("item-title").textContent = `Observation ${obs.id}`;
+  $("thumbs").replaceChildren(...obs.photos.map((p, i) => el("img", { src: p.url, alt: `Photo ${i + 1}`, tabindex: 0,
+    onclick: () => showPhoto(i), onkeydown: (e) => { if (e.key === "Enter") showPhoto(i); } })));
+  if (obs.photos.length) showPhoto(0);
+  const meta = [
+    ["Observed", obs.observed_at ? new Date(obs.observed_at).toLocaleString() : "—"],
+    ["Place", obs.latitude !== null && obs.latitude !== undefined ? `${obs.latitude}, ${obs.longitude}` : "—"],
+    ["Flower", obs.flower_text || taxonName(obs.flower_taxon)],
+    ["Status", obs.status],
+    ["Community taxon", taxonName(obs.community_taxon)],
+  ];
+  $("meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  const result = obs.prediction && obs.prediction.result;
+  const suggestions = (result && result.results) || [];
+  $("suggestions").replaceChildren(...suggestions.map((s) => el("li", {},
+    el("button", { type: "button", class: "secondary", onclick: () => chooseTaxon(s.taxon.label, taxonName(s.taxon)) },
+      `${taxonName(s.taxon)} — ${percent(s.score)}`))));
+  if (!suggestions.length) $("suggestions").replaceChildren(el("li", { class: "muted" }, "No model suggestion stored."));
+  $("model-rollup").textContent = result ? rollupText(result.rollup) : "";
+  $("comment").value = "";
+  $("taxon").value = "";
+  loadHistory();
+}
+
+async function loadHistory() {
+  const page = await api(`/api/v1/observations/${state.item.id}/identifications`);
+  $("history").replaceChildren(...page.data.map((i) => el("tr", { class: i.current ? "" : "muted" },
+    el("td", {}, new Date(i.created_at).toLocaleString()),
+    el("td", {}, `${i.user_name || i.user_id} (${i.user_role})`),
+    el("td", {}, i.kind.replace("_", " ") + (i.current ? "" : " (withdrawn)")),
+    el("td", {}, taxonName(i.taxon)),
+    el("td", {}, i.comment || ""))));
+  if (!page.data.length) $("history").replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No identification yet.")));
+}
+
+async function next() {
+  $("queue-error").classList.add("hidden");
+  if (!getKey()) { $("queue-status").textContent = "Sign in with a specialist key."; return; }
+  $("queue-status").textContent = "Loading…";
+  try {
+    const page = await api("/api/v1/validation/queue", { query: { limit: 1 } });
+    if (!page.data.length) {
+      $("queue-status").textContent = "The queue is empty. Thank you!";
+      $("item").classList.add("hidden");
+      return;
+    }
+    $("queue-status").textContent = `${page.count} waiting`;
+    renderItem(page.data[0].observation);
+  } catch (error) {
+    showError($("queue-error"), error);
+    $("queue-status").textContent = "";
+  }
+}
+
+async function identify(kind) {
+  $("identify-error").classList.add("hidden");
+  const body = { kind, comment: $("comment").value.trim() || null };
+  if (kind === "propose") {
+    const typed = $("taxon").value.trim();
+    if (!state.taxonChoice && !typed) { showError($("identify-error"), "Choose the taxon you see."); $("taxon").focus(); return; }
+    body.taxon = state.taxonChoice ?? typed;
+  }
+  try {
+    const result = await api(`/api/v1/observations/${state.item.id}/identifications`, { method: "POST", json: body });
+    $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replace("_", " ")}` +
+      (result.consensus.taxon ? ` — ${taxonName(result.consensus.taxon)}` : "");
+    await next();
+  } catch (error) {
+    showError($("identify-error"), error);
+  }
+}
+
+// ---- taxon autocomplete -------------------------------------------------------------------------------
+function chooseTaxon(value, label) {
+  state.taxonChoice = value;
+  $("taxon").value = label;
+  closeList();
+  $("taxon").focus();
+}
+function closeList() { $("taxon-list").classList.add("hidden"); $("taxon").setAttribute("aria-expanded", "false"); }
+async function suggestTaxa() {
+  state.taxonChoice = null;
+  const q = $("taxon").value.trim();
+  if (q.length < 2) { closeList(); return; }
+  const page = await api("/api/v1/taxa", { query: { q, limit: 10 } });
+  const list = $("taxon-list");
+  list.replaceChildren(...page.data.map((t, i) => el("li", { role: "option", id: `taxon-opt-${i}`, "aria-selected": "false",
+    "data-id": t.id, onmousedown: (e) => { e.preventDefault(); chooseTaxon(t.id, t.scientific_name); } },
+    `${t.scientific_name}`, t.common_name ? ` — ${t.common_name}` : "", ` (${t.rank})`)));
+  list.classList.toggle("hidden", !page.data.length);
+  $("taxon").setAttribute("aria-expanded", String(!!page.data.length));
+}
+function setupAutocomplete() {
+  const input = $("taxon");
+  input.addEventListener("input", () => { clearTimeout(state.suggestTimer); state.suggestTimer = setTimeout(() => suggestTaxa().catch((e) => showError($("identify-error"), e)), 150); });
+  input.addEventListener("keydown", (e) => {
+    const options = [...$("taxon-list").children];
+    if (!options.length || $("taxon-list").classList.contains("hidden")) return;
+    let index = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      index = e.key === "ArrowDown" ? Math.min(options.length - 1, index + 1) : Math.max(0, index - 1);
+      options.forEach((o, i) => o.setAttribute("aria-selected", String(i === index)));
+      input.setAttribute("aria-activedescendant", options[index].id);
+    } else if (e.key === "Enter" && index >= 0) {
+      e.preventDefault();
+      const opt = options[index];
+      chooseTaxon(Number(opt.dataset.id), opt.textContent.split(" — ")[0].split(" (")[0]);
+    } else if (e.key === "Escape") closeList();
+  });
+  input.addEventListener("blur", () => setTimeout(closeList, 100));
+}
+
+// ---- keyboard shortcuts -----------------------------------------------------------------------------
+document.addEventListener("keydown", (e) => {
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === "n") next();
+  else if (!state.item) return;
+  else if (e.key === "a") identify("agree");
+  else if (e.key === "x") identify("cannot_tell");
+  else if (e.key === "c") { e.preventDefault(); $("taxon").focus(); }
+  else if (e.key === "+" || e.key === "=") zoomBy(1.25);
+  else if (e.key === "-") zoomBy(0.8);
+});
+
+setupSignIn($("signin"), $("signin-status"), next);
+setupViewer();
+setupAutocomplete();
+$("next").addEventListener("click", next);
+$("agree").addEventListener("click", () => identify("agree"));
+$("cannot-tell").addEventListener("click", () => identify("cannot_tell"));
+$("identify-form").addEventListener("submit", (e) => { e.preventDefault(); identify("propose"); });
+if (getKey()) next();
