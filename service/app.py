@@ -32,9 +32,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         init_db(engine)
         app.state.engine = engine
         app.state.sessionmaker = make_session_factory(engine)
+        from service.identification import start_identification, stop_identification
+
+        await start_identification(app.state, settings)  # registry + active model, batcher, model poller
+        from service.storage import clean_orphans
+        from service.taxa import install_taxa_sync
+
+        install_taxa_sync(app.state)  # taxa of the model cards, now and on every swap
+        clean_orphans(app.state.sessionmaker, settings.media_path)  # photos left by a crashed upload
         try:
             yield
         finally:
+            await stop_identification(app.state)
             engine.dispose()
 
     app = FastAPI(
@@ -48,9 +57,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_exception_handlers(app)
 
-    from service.routes import health
+    from service.metrics import MetricsMiddleware
+    from service.middleware import BodySizeLimitMiddleware
+
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware)  # outermost: times and counts everything, 413s included
+
+    from service.routes import health, identify, metrics
 
     app.include_router(health.router, prefix="/api/v1")
+    app.include_router(identify.router, prefix="/api/v1")
+    app.include_router(metrics.router)
+    from service.routes import (
+        admin,
+        exports,
+        identifications,
+        media,
+        observations,
+        stats,
+        taxa,
+        users,
+        validation,
+    )
+
+    for module in (users, admin, observations, identifications, validation, taxa, media, stats, exports):
+        app.include_router(module.router, prefix="/api/v1")
 
     # Web pages last, so API routes always win.
     from service.routes.pages import mount_pages

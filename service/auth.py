@@ -163,6 +163,9 @@ def _user_from_request(request: Request, session: Session, *, required: bool) ->
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
         return None
     user = authenticate(session=session, settings=request.app.state.settings, key=key)
+    # End the look-up's transaction: on SQLite it holds the database lock (BEGIN IMMEDIATE), which must
+    # not last for the whole request. The user stays loaded (the sessions do not expire on commit).
+    session.commit()
     if user is None:
         raise Unauthorized("the API key is unknown or revoked")
     request.state.user = user

@@ -15,6 +15,7 @@ by item, so one bad tensor fails only its own request, and the thread survives e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -185,6 +186,12 @@ class MicroBatcher:
     def _collect(self, first: _Item, carry: deque[_Item]) -> tuple[list[_Item], bool]:
         batch = [first]
         deadline = first.enqueued + self.max_wait
+        if carry:  # items set aside earlier for this classifier join first, in arrival order
+            keep: deque[_Item] = deque()
+            while carry:
+                item = carry.popleft()
+                (batch if item.clf is first.clf and len(batch) < self.max_batch else keep).append(item)
+            carry.extend(keep)
         while len(batch) < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -228,8 +235,9 @@ class MicroBatcher:
         self.batches += 1
         self.items += len(batch)
         for i, item in enumerate(batch):
-            self._resolve(item, InferenceResult(logits=logits[i].copy(), batch_size=len(batch),
-                                                queue_ms=(t0 - item.enqueued) * 1000.0, run_ms=run_s * 1000.0))
+            result = InferenceResult(logits=logits[i].copy(), batch_size=len(batch),
+                                     queue_ms=(t0 - item.enqueued) * 1000.0, run_ms=run_s * 1000.0)
+            self._resolve(item, result)
         if self.on_batch is not None:
             try:
                 self.on_batch(len(batch), run_s)
@@ -238,7 +246,5 @@ class MicroBatcher:
 
     @staticmethod
     def _resolve(item: _Item, value: Any) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             item.loop.call_soon_threadsafe(_settle, item.future, value)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass

@@ -51,6 +51,10 @@ class RuntimeOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
 
+    def __post_init__(self) -> None:
+        if self.providers.lower() not in PROVIDER_CHOICES:
+            raise ValueError(f"unknown providers setting {self.providers!r}; known: {list(PROVIDER_CHOICES)}")
+
     @classmethod
     def from_settings(cls, settings: Any) -> RuntimeOptions:
         return cls(providers=settings.providers, intra_op_threads=settings.intra_op_threads,
@@ -75,6 +79,7 @@ class Classifier:
     output_name: str
     tree: TaxonTree
     loaded_at: float = field(default_factory=time.time)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-model memo (e.g. taxon views)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -214,7 +219,8 @@ def _check_graph(session: ort.InferenceSession, card: ModelCard) -> tuple[str, s
     if len(oshape) != 2:
         raise InvalidModel(f"the output must be (batch, labels); its shape is {oshape}")
     if not _is_dynamic(oshape[1]) and oshape[1] != card.num_classes:
-        raise InvalidModel(f"the network has {oshape[1]} outputs but the card lists {card.num_classes} labels")
+        raise InvalidModel(f"the network has {oshape[1]} outputs but the card lists {card.num_classes} "
+                           "labels")
     return inp.name, out.name
 
 

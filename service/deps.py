@@ -10,6 +10,9 @@ from sqlalchemy.orm import Session
 
 from service import auth
 from service.auth import Role
+from service.classifier import Classifier
+from service.errors import ModelUnavailable
+from service.registry import ModelRegistry
 from service.settings import Settings
 from service.tables import User
 
@@ -29,6 +32,25 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+# -- the identification runtime (see service.identification) -------------------------------------------
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_classifier(request: Request) -> Classifier:
+    """The classifier serving now; 503 ``model_unavailable`` when no model is loaded."""
+    clf = request.app.state.registry.current
+    if clf is None:
+        raise ModelUnavailable("no model is loaded; the service cannot identify photos yet")
+    return clf  # type: ignore[no-any-return]
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 
 
 # -- users and roles (see service.auth) -----------------------------------------------------------------

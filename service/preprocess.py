@@ -38,7 +38,7 @@ def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = img.resize((nw, nh), resample, reducing_gap=3.0)
-        fill = tuple(int(round(m * 255)) for m in spec.mean)
+        fill = tuple(round(m * 255) for m in spec.mean)
         canvas = Image.new("RGB", (size, size), fill)  # type: ignore[arg-type]
         canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
         return canvas

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,11 +67,14 @@ class Settings(BaseSettings):
     rollup_threshold: float = 0.8
 
     # Inference runtime.
-    providers: str = "auto"  # auto | cpu | cuda
+    providers: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when a CUDA session really works
     intra_op_threads: int = 0  # 0: number of cores
     inter_op_threads: int = 1
     max_batch: int = 16
     max_wait_ms: float = 5.0
+    # Run a batch at once when no other photo is being decoded (a lone request never waits max_wait_ms);
+    # False always waits up to max_wait_ms for companions.
+    batch_eager: bool = True
     decode_threads: int = 0  # 0: number of cores
 
     # Access.

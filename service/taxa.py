@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from service.errors import InvalidRequest, NotFound
 from service.modelcard import RANKS, LabelTaxon, ModelCard
-from service.taxonomy import read_taxonomy_csv
 from service.tables import Taxon, TaxonLabel
+from service.taxonomy import read_taxonomy_csv
 
 logger = logging.getLogger(__name__)
 
@@ -266,3 +266,31 @@ def search_taxa(session: Session, q: str | None, *, rank: str | None = None, lim
 def labels_of(session: Session, taxon_id: int) -> list[str]:
     return list(session.scalars(select(TaxonLabel.label).where(TaxonLabel.taxon_id == taxon_id)
                                 .order_by(TaxonLabel.label)))
+
+
+# -- wiring --------------------------------------------------------------------------------------------
+
+
+def install_taxa_sync(state: object) -> None:
+    """Load the taxa of every model card the registry found, and of each model swapped in later.
+
+    ``state`` is ``app.state`` with ``sessionmaker`` and (when identification runs) ``registry``. Failures
+    are logged, never raised: taxa must not keep the service from starting.
+    """
+    factory = state.sessionmaker  # type: ignore[attr-defined]
+    registry = getattr(state, "registry", None)
+
+    def sync(card: ModelCard) -> None:
+        try:
+            with factory() as session:
+                sync_taxa_from_card(session, card)
+                session.commit()
+        except Exception:
+            logger.exception("could not load the taxa of model %s/%s", card.name, card.version)
+
+    if registry is None:
+        return
+    for entry in getattr(registry, "entries", []):
+        if getattr(entry, "card", None) is not None:
+            sync(entry.card)
+    registry.on_swap(lambda _old, new: sync(new.card) if new is not None else None)

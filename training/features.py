@@ -117,6 +117,8 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
     key_doc = {"architecture": model.architecture, "stop": stop, "prefix": prefix_digest(model, stop),
                "transform": describe, "data": data_fingerprint(dataset.samples), "views": views, "seed": seed,
                "version": 1}
+    if dataset.min_side is not None:
+        key_doc["min_side"] = dataset.min_side
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / key
     n = len(dataset)

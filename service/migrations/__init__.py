@@ -9,6 +9,7 @@ serialises them the same way.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # An arbitrary constant identifying "pollinid schema migration" among PostgreSQL advisory locks.
 MIGRATION_LOCK_KEY = 0x706F6C6C696E6964 & 0x7FFFFFFFFFFFFFFF
+# Alembic's ``context`` is process-global: migrations run one at a time per process.
+_process_lock = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
@@ -52,7 +55,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _run_locked(engine: Engine, action: str, revision: str) -> None:
-    with engine.connect() as conn:
+    with _process_lock, engine.connect() as conn:
         is_pg = conn.dialect.name == "postgresql"
         if is_pg:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})

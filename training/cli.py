@@ -1,0 +1,241 @@
+"""``pollinid train | evaluate | export | predict``.
+
+This module must import without PyTorch: ``pollinid serve`` builds the whole parser. Torch and the
+training modules are imported inside the command functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the training subcommands to the ``pollinid`` parser."""
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_export(subparsers)
+    _register_predict(subparsers)
+
+
+# -- train ------------------------------------------------------------------------------------------------------
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("train", help="train, calibrate, evaluate and export a model (needs PyTorch)",
+                              description="Train a classifier on labelled photos and export it as a model "
+                                          "version (ONNX + model card + evaluation report).")
+    p.add_argument("--data", required=True, help="ImageFolder root, CSV manifest or COCO/iNat JSON")
+    p.add_argument("--valid", help="a second manifest/JSON for the validation split")
+    p.add_argument("--image-root", help="folder COCO file names are relative to")
+    p.add_argument("--taxonomy", help="taxonomy CSV (label,scientific_name,common_name,genus,family,...)")
+    p.add_argument("--out", default="runs/latest", help="run folder (checkpoints, config, curves)")
+    p.add_argument("--config", help="JSON file of options; command-line flags override it")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0/1/2, torchvision:<arch>, timm:<arch>, tiny_cnn")
+    p.add_argument("--weights", help="pretrained weights file (torchvision/timm backbones need one)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                   help="start from random weights")
+    p.add_argument("--mode", choices=["linear", "partial", "full"], help="what is trained (default partial)")
+    p.add_argument("--trainable-stages", type=int, help="body stages trained in partial mode (default 2)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="do not cache the frozen prefix's activations (linear/partial)")
+    p.add_argument("--views", type=int, help="augmented views cached per training photo (default 6)")
+    p.add_argument("--cache-dir", help="where feature caches live (default RUN/cache)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--taxonomy-smoothing", action="store_true", default=None,
+                   help="give the smoothing mass to classes of the same genus and family")
+    p.add_argument("--balanced-sampling", action="store_true", default=None, help="class-balanced sampling")
+    p.add_argument("--balanced-finetune-epochs", type=int,
+                   help="final class-balanced fine-tune of the classifier (epochs)")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without held-out NLL improvement")
+    p.add_argument("--holdout", type=float, help="share of training photos held out (group-aware)")
+    p.add_argument("--calibrate-on", choices=["holdout", "valid"])
+    p.add_argument("--ood-percentile", type=float, help="percentile of held-out energy for the OOD gate")
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--resize", type=int)
+    p.add_argument("--resize-mode", choices=["shorter", "longer_pad", "stretch"])
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    p.add_argument("--threads", type=int, help="torch / ONNX Runtime threads (0 = all cores)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from RUN/last.pt")
+    p.add_argument("--name", help="model name in the card")
+    p.add_argument("--version", help="model version (default: a UTC timestamp)")
+    p.add_argument("--export-dir", help="version folder to export to (default RUN/export/NAME/VERSION)")
+    p.add_argument("--fp16", dest="export_fp16", action="store_true", default=None, help="also export fp16")
+    p.add_argument("--int8", dest="export_int8", action="store_true", default=None, help="also export int8")
+    p.add_argument("--tta", action="store_true", default=None, help="also evaluate with test-time augmentation")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=cmd_train)
+
+
+def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from training.pipeline import TrainConfig
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    names = set(TrainConfig.__dataclass_fields__)
+    for key, value in vars(args).items():
+        if key in names and value is not None:
+            values[key] = value
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run :func:`training.pipeline.train` with the command line's options."""
+    from training.pipeline import TrainConfig, train
+
+    config = TrainConfig.from_dict(_config_from_args(args))
+    result = train(config)
+    if "metrics" in result:
+        print(json.dumps({k: result[k] for k in ("export", "metrics", "timings")}, indent=2, default=str))
+    return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------------------------
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("evaluate", help="evaluate an exported model on labelled photos")
+    p.add_argument("--model", required=True, help="model version folder (model.onnx + model.json)")
+    p.add_argument("--data", required=True, help="ImageFolder root, CSV manifest or COCO/iNat JSON")
+    p.add_argument("--split", default="valid", help="which split to evaluate (default valid)")
+    p.add_argument("--image-root")
+    p.add_argument("--onnx-file", help="another ONNX file of the folder (model.fp16.onnx, model.int8.onnx)")
+    p.add_argument("--tta", action="store_true", help="also evaluate with test-time augmentation")
+    p.add_argument("--out", help="report folder (default MODEL/eval-SPLIT)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model folder through the service's classifier and write a report."""
+    from service.modelcard import ModelCard
+    from training.data import load_data
+    from training.evaluation import evaluate_model_dir
+    from training.report import write_report
+
+    folder = Path(args.model)
+    card = ModelCard.load(folder)
+    data = load_data(Path(args.data), image_root=Path(args.image_root) if args.image_root else None,
+                     classes=card.labels)
+    split = {"val": "valid", "validation": "valid"}.get(args.split, args.split)
+    if split not in data.splits:
+        print(f"error: no {split!r} split in {args.data}; splits: {sorted(data.splits)}", file=sys.stderr)
+        return 2
+    evaluation = evaluate_model_dir(folder, data.splits[split], tta=args.tta, onnx_file=args.onnx_file)
+    out = Path(args.out) if args.out else folder / f"eval-{split}"
+    write_report(out, card=card, evaluation=evaluation, problems=data.report.lines())
+    m = evaluation["metrics"]
+    print(json.dumps({"report": str(out / "report.md"), "n": m["n"], "top1": m["top1"], "top3": m["top3"],
+                      "top5": m["top5"], "nll": m["nll"], "macro_f1": m["macro_f1"], "f1a": m["f1a"],
+                      "mrr": m["mrr"], "ece": m["ece"], "genus_accuracy": m["genus_accuracy"],
+                      "family_accuracy": m["family_accuracy"],
+                      "images_per_second": evaluation["timing"]["images_per_second"],
+                      "tta_top1": evaluation.get("tta", {}).get("metrics", {}).get("top1")}, indent=2))
+    return 0
+
+
+# -- export -----------------------------------------------------------------------------------------------------
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("export", help="export a trained run (RUN/model.pt) to ONNX + model card")
+    p.add_argument("--checkpoint", required=True, help="RUN/model.pt written by `pollinid train`")
+    p.add_argument("--out", required=True, help="version folder to create, e.g. models/NAME/VERSION")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Rebuild the network from a run's ``model.pt`` and export it (parity-checked)."""
+    from service.modelcard import ModelCard
+    from training import backbones
+    from training.checkpoint import load_checkpoint
+    from training.export import export_model
+
+    state = load_checkpoint(Path(args.checkpoint))
+    if "card" not in state:
+        print(f"error: {args.checkpoint} has no model card; use RUN/model.pt", file=sys.stderr)
+        return 2
+    card = ModelCard.model_validate(state["card"])
+    model = backbones.create_model(state["backbone"], card.num_classes, pretrained=False,
+                                   input_size=card.input.size, dropout=state.get("dropout", 0.0))
+    model.load_state_dict(state["model"])
+    result = export_model(model, card, Path(args.out), opset=args.opset, fp16=args.fp16, int8=args.int8,
+                          overwrite=args.overwrite)
+    print(json.dumps({"folder": str(result.folder), "max_prob_diff": result.max_prob_diff,
+                      "size_bytes": result.size_bytes, "variants": {k: str(v) for k, v in result.variants.items()}},
+                     indent=2))
+    return 0
+
+
+# -- predict ----------------------------------------------------------------------------------------------------
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("predict", help="identify photos with a model folder (the service's code path)")
+    p.add_argument("--model", required=True, help="model version folder (model.onnx + model.json)")
+    p.add_argument("photos", nargs="+", help="photo files")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.8, help="roll-up threshold")
+    p.set_defaults(func=cmd_predict)
+
+
+def predict_photos(model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
+                   ) -> list[dict[str, Any]]:
+    """Identify photos exactly as the service does: decode, preprocess, ONNX Runtime, calibrate, roll up.
+
+    A photo that cannot be read gets ``{"photo", "error"}`` instead of results.
+    """
+    from service.classifier import RuntimeOptions, load_classifier
+    from service.errors import PollinidError
+    from service.imaging import decode_image
+    from service.preprocess import decode_min_side, preprocess
+    from service.taxonomy import rollup, top_k as best_k
+
+    clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
+    card, spec = clf.card, clf.card.input
+    out: list[dict[str, Any]] = []
+    for photo in photos:
+        try:
+            img = decode_image(Path(photo).read_bytes(), min_side=decode_min_side(spec)).image
+        except (OSError, PollinidError) as exc:
+            out.append({"photo": str(photo), "error": getattr(exc, "message", str(exc))})
+            continue
+        logits = clf.run(preprocess(img, spec)[None])
+        probs = clf.probabilities(logits)[0]
+        energy = float(clf.energy(logits)[0])
+        threshold_ood = card.calibration.ood_energy_threshold
+        unknown = threshold_ood is not None and energy < threshold_ood
+        scores = dict(zip(card.labels, probs.tolist(), strict=True))
+        roll = rollup(clf.tree, scores, threshold, finest_rank="genus" if unknown else None)
+        results = [] if unknown else [
+            {"label": label, "score": round(score, 6), **card.taxon_of(label).model_dump(exclude_none=True)}
+            for label, score in best_k(probs, card.labels, top_k)]
+        out.append({"photo": str(photo), "model": {"name": card.name, "version": card.version},
+                    "results": results, "energy": round(energy, 4), "unknown_species_suspected": unknown,
+                    "rollup": None if roll is None else {"taxon": roll.name, "rank": roll.rank,
+                                                         "score": round(roll.score, 6)}})
+    return out
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Print the identification of each photo as JSON."""
+    results = predict_photos(Path(args.model), [Path(p) for p in args.photos], args.top_k, args.threshold)
+    print(json.dumps(results, indent=2))
+    return 1 if all("error" in r for r in results) else 0

@@ -1,0 +1,211 @@
+"""The evaluation report: ``report.json``, ``report.md``, a confusion-matrix PNG and a reliability diagram."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.modelcard import ModelCard
+from training.metrics import confusion_matrix, reliability_bins, softmax
+
+logger = logging.getLogger(__name__)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (true rows, predicted columns) as a PNG."""
+    plt = _plt()
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    side = min(16.0, max(4.0, n * 0.14))
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if n <= 120:
+        fs = max(3.0, min(8.0, 300 / max(n, 1)))
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=fs)
+        ax.set_yticks(range(n), labels, fontsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(bins_before: list[dict[str, float]], bins_after: list[dict[str, float]], path: Path,
+                     ece_before: float, ece_after: float) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, bins, title in ((axes[0], bins_before, f"T = 1 (ECE {ece_before:.3f})"),
+                            (axes[1], bins_after, f"calibrated (ECE {ece_after:.3f})")):
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        width = bins[0]["hi"] - bins[0]["lo"]
+        acc = [b["accuracy"] if b["count"] else 0 for b in bins]
+        ax.bar(centres, acc, width=width * 0.95, color="#4c78a8", edgecolor="white", label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(title)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Training loss and held-out NLL/accuracy per epoch."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    axes[0].plot(epochs, [h["held_nll"] for h in history], "o-", label="held-out NLL")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    axes[1].plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
+    axes[1].plot(epochs, [h["held_accuracy"] for h in history], "o-", label="held-out accuracy")
+    axes[1].set_xlabel("epoch")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def write_report(folder: Path, *, card: ModelCard, evaluation: dict[str, Any],
+                 history: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None,
+                 timings: dict[str, float] | None = None, variants: dict[str, Any] | None = None,
+                 problems: list[str] | None = None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md``, ``confusion.png`` and ``reliability.png`` into ``folder``.
+
+    Args:
+        folder: where to write (usually the exported model's folder).
+        card: the model card (labels, calibration, provenance).
+        evaluation: the result of :func:`training.evaluation.evaluate_model_dir`.
+        history: per-epoch rows of the training run.
+        calibration: the calibration block with ECE and NLL before/after.
+        timings: train/cache/test seconds.
+        variants: fp16/int8 results.
+        problems: data problems found while loading.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    m = evaluation["metrics"]
+    logits, y = evaluation["logits"], evaluation["targets"]
+    t = card.calibration.temperature
+    labels = card.labels
+    cm = confusion_matrix(softmax(logits, t).argmax(1), y, len(labels))
+    paths = {"confusion": plot_confusion(cm, labels, folder / "confusion.png")}
+    before, after = reliability_bins(softmax(logits), y), reliability_bins(softmax(logits, t), y)
+    paths["reliability"] = plot_reliability(before, after, folder / "reliability.png",
+                                            m.get("ece_uncalibrated", float("nan")), m["ece"])
+    doc = {
+        "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
+                  "input": card.input.model_dump(), "labels": len(labels)},
+        "metrics": {k: v for k, v in m.items() if k != "per_class"},
+        "per_class": m["per_class"],
+        "calibration": calibration or card.calibration.model_dump(),
+        "timing": {"test": evaluation["timing"], **(timings or {})},
+        "tta": ({"metrics": {k: v for k, v in evaluation["tta"]["metrics"].items() if k != "per_class"},
+                 **{k: v for k, v in evaluation["tta"].items() if k != "metrics"}} if "tta" in evaluation else None),
+        "variants": variants or {},
+        "skipped": evaluation.get("skipped", {}),
+        "data_problems": problems or [],
+        "history": history or [],
+        "reliability": {"before": before, "after": after},
+        "confusions": _top_confusions(cm, labels),
+    }
+    (folder / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    paths["json"] = folder / "report.json"
+    paths["markdown"] = _markdown(folder / "report.md", card, doc)
+    return paths
+
+
+def _top_confusions(cm: np.ndarray, labels: Sequence[str], n: int = 15) -> list[dict[str, Any]]:
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    idx = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0][:n]
+    return [{"true": labels[i], "predicted": labels[j], "count": int(off[i, j])} for i, j in idx if off[i, j] > 0]
+
+
+def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
+    m, timing = doc["metrics"], doc["timing"]
+    lines = [f"# {card.name} {card.version}: evaluation report", "",
+             f"Architecture `{card.architecture}`, input {card.input.size} px "
+             f"(`resize_mode={card.input.resize_mode}`), {len(card.labels)} labels. "
+             f"Evaluated on {m['n']} photos ({card.metrics.get('evaluation_split', 'evaluation split')}) through "
+             "the service's decoding, preprocessing and ONNX Runtime classifier, with the card's temperature.", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("top1", "top3", "top5", "nll", "macro_f1", "f1a", "mrr", "ece", "ece_uncalibrated",
+                "genus_accuracy", "family_accuracy"):
+        lines.append(f"| {key} | {_fmt(m.get(key))} |")
+    cal = doc["calibration"] or {}
+    lines += ["", "## Calibration", "",
+              f"Temperature {_fmt(cal.get('temperature'))}, fitted on {card.training.get('calibrated_on', '?')}. "
+              f"ECE there {_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after. "
+              f"OOD energy threshold {_fmt(cal.get('ood_energy_threshold'))} "
+              f"({card.training.get('ood_percentile', '?')}th percentile of held-out energy scores).", "",
+              "![reliability](reliability.png)", "", "## Timing", ""]
+    test = timing["test"]
+    lines.append(f"- test: {test['images']} photos in {test['seconds']:.2f} s "
+                 f"({test['images_per_second']:.1f} images/s, ONNX Runtime CPU, batch 32; decoding "
+                 f"{test.get('decode_seconds', 0):.2f} s more)")
+    for key, value in timing.items():
+        if key != "test":
+            lines.append(f"- {key}: {value:.2f}" if isinstance(value, float) else f"- {key}: {value}")
+    if doc.get("tta"):
+        tta = doc["tta"]
+        lines += ["", "## Test-time augmentation", "",
+                  f"{tta['views_per_photo']} views per photo (whole frame, 4 corner and 1 centre crop, each "
+                  f"mirrored): top-1 {_fmt(tta['metrics']['top1'])}, top-3 {_fmt(tta['metrics']['top3'])}, "
+                  f"NLL {_fmt(tta['metrics']['nll'])}, ECE {_fmt(tta['metrics']['ece'])}; cost "
+                  f"{tta['cost_factor']:.1f}x the single-view time ({tta['images_per_second']:.1f} images/s)."]
+    if doc.get("variants"):
+        lines += ["", "## Quantized variants", "", "| file | size (MB) | top-1 | top-3 | ECE | images/s |",
+                  "|---|---|---|---|---|---|"]
+        for kind, v in doc["variants"].items():
+            lines.append(f"| {v['file']} ({kind}) | {v['size_bytes'] / 1e6:.1f} | {_fmt(v['top1'])} | "
+                         f"{_fmt(v['top3'])} | {_fmt(v['ece'])} | {v['images_per_second']:.1f} |")
+    if doc.get("data_problems"):
+        lines += ["", "## Data problems", ""] + [f"- {p}" for p in doc["data_problems"]]
+    if doc.get("history"):
+        lines += ["", "## Training curve", "", "| epoch | train loss | held-out NLL | held-out acc | s | img/s |",
+                  "|---|---|---|---|---|---|"]
+        for h in doc["history"]:
+            lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['held_nll']:.4f} | {h['held_accuracy']:.4f} "
+                         f"| {h['seconds']} | {h['images_per_second']} |")
+    lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion.png)", ""]
+    if doc["confusions"]:
+        lines += ["Most frequent confusions:", ""] + [f"- {c['true']} → {c['predicted']}: {c['count']}"
+                                                       for c in doc["confusions"]]
+    lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for label, row in doc["per_class"].items():
+        lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+                     f"{row['support']} |")
+    path.write_text("\n".join(lines) + "\n")
+    return path
