@@ -279,12 +279,14 @@ def main(argv: list[str] | None = None) -> int:
                         "default: export EfficientNet-Lite0 with ImageNet weights")
     parser.add_argument("--classes", type=int, default=100,
                         help="outputs of the self-exported model's head (default 100, like lepidoptera100)")
-    parser.add_argument("--torch-checkpoint", type=Path, help="EfficientNet-Lite0 state dict matching --model, "
+    parser.add_argument("--torch-checkpoint", type=Path,
+                        help="EfficientNet-Lite0 state dict matching --model, "
                         "for the baseline")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per scenario")
     parser.add_argument("--warmup", type=int, default=16, help="requests before each measurement")
-    parser.add_argument("--sequential", type=int, default=100, help="requests of the sequential overhead pass")
+    parser.add_argument("--sequential", type=int, default=100,
+                        help="requests of the sequential overhead pass")
     parser.add_argument("--requests", type=int, default=2000,
                         help="requests of the memory run (the issue asks for 10000)")
     parser.add_argument("--skip-baseline", action="store_true")
@@ -343,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             base.stop()
 
         print("starting the service ...", flush=True)
-        env = {"POLLINID_MODELS_DIR": str(model_dir.parent.parent), "POLLINID_DATA_DIR": str(workdir / "data"),
+        env = {"POLLINID_MODELS_DIR": str(model_dir.parent.parent),
+               "POLLINID_DATA_DIR": str(workdir / "data"),
                "POLLINID_DEFAULT_MODEL": model_dir.parent.name, "POLLINID_LOG_LEVEL": "WARNING"}
         for item in args.service_env:
             key, _, value = item.partition("=")
@@ -397,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = {"requests": args.requests, "errors": errors, "rss_start_mb": rss_start,
                              "rss_end_mb": rss_end, "growth_pct": growth, "samples": samples,
                              "seconds": time.perf_counter() - t0}
-        print(f"memory: RSS {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB after {args.requests} requests "
+        print(f"memory: RSS {rss_start:.0f} MB after warm-up -> {rss_end:.0f} MB after {args.requests} "
+              "requests "
               f"({growth:+.1f}%), {errors} errors; samples: "
               + ", ".join(f"{n}:{m:.0f}" for n, m in samples), flush=True)
         svc.stop()
@@ -409,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                            for k, r in runs.items()}
         print()
         print(f"command: {results['command']}")
-        print(f"machine: {results['machine']}; concurrency {args.concurrency}, {args.seconds:.0f} s per scenario")
+        print(f"machine: {results['machine']}; concurrency {args.concurrency}, "
+              f"{args.seconds:.0f} s per scenario")
         print()
         print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s |")
         print("|---|---|---|---|---|---|---|")

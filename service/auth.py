@@ -156,7 +156,7 @@ def bearer_key(request: Request) -> str | None:
 def _user_from_request(request: Request, session: Session, *, required: bool) -> User | None:
     cached = getattr(request.state, "user", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     key = bearer_key(request)
     if key is None:
         if required:
@@ -195,8 +195,9 @@ def role_checker(roles: Sequence[Role]) -> Callable[[User], User]:
 
     def check(user: User) -> User:
         if user.role not in allowed:
-            raise Forbidden(f"this needs the role {' or '.join(r.value for r in allowed)}; "
-                            f"your role is {user.role}")
+            raise Forbidden(
+                f"this needs the role {' or '.join(r.value for r in allowed)}; your role is {user.role}"
+            )
         return user
 
     check.roles = allowed  # type: ignore[attr-defined]

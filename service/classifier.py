@@ -112,13 +112,13 @@ def softmax(x: np.ndarray) -> np.ndarray:
     """Numerically stable softmax along the last axis."""
     z = x - np.max(x, axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def logsumexp(x: np.ndarray) -> np.ndarray:
     """Numerically stable log-sum-exp along the last axis."""
     m = np.max(x, axis=-1, keepdims=True)
-    return np.squeeze(m, -1) + np.log(np.sum(np.exp(x - m), axis=-1))  # type: ignore[no-any-return]
+    return np.squeeze(m, -1) + np.log(np.sum(np.exp(x - m), axis=-1))
 
 
 def _session_options(opts: RuntimeOptions) -> ort.SessionOptions:

@@ -120,15 +120,18 @@ def _conflicting(votes: Sequence[Vote]) -> bool:
     if taxon_votes and any(v.kind == Kind.not_an_insect for v in votes):
         return True
     for i, a in enumerate(taxon_votes):
-        for b in taxon_votes[i + 1:]:
-            short, long_ = (a.lineage, b.lineage) if len(a.lineage) <= len(b.lineage) else (b.lineage, a.lineage)
+        for b in taxon_votes[i + 1 :]:
+            short, long_ = (
+                (a.lineage, b.lineage) if len(a.lineage) <= len(b.lineage) else (b.lineage, a.lineage)
+            )
             if long_[: len(short)] != short:
                 return True
     return False
 
 
-def community_taxon(votes: Sequence[Vote], *, min_agreements: float = 2.0,
-                    threshold: float = 2 / 3) -> Consensus:
+def community_taxon(
+    votes: Sequence[Vote], *, min_agreements: float = 2.0, threshold: float = 2 / 3
+) -> Consensus:
     """Apply the community-taxon rule to the current identifications of one observation.
 
     Args:

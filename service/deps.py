@@ -38,15 +38,16 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    registry: ModelRegistry = request.app.state.registry
+    return registry
 
 
 def get_classifier(request: Request) -> Classifier:
     """The classifier serving now; 503 ``model_unavailable`` when no model is loaded."""
-    clf = request.app.state.registry.current
+    clf: Classifier | None = request.app.state.registry.current
     if clf is None:
         raise ModelUnavailable("no model is loaded; the service cannot identify photos yet")
-    return clf  # type: ignore[no-any-return]
+    return clf
 
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]

@@ -47,16 +47,41 @@ GBIF_LICENCES: dict[str, str] = {
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DC = "http://purl.org/dc/terms/"
 OCCURRENCE_TERMS: tuple[tuple[str, str], ...] = (
-    ("occurrenceID", DWC), ("basisOfRecord", DWC), ("eventDate", DWC), ("eventID", DWC),
-    ("decimalLatitude", DWC), ("decimalLongitude", DWC), ("geodeticDatum", DWC),
-    ("coordinateUncertaintyInMeters", DWC), ("scientificName", DWC), ("taxonRank", DWC),
-    ("vernacularName", DWC), ("kingdom", DWC), ("class", DWC), ("order", DWC), ("family", DWC),
-    ("genus", DWC), ("recordedBy", DWC), ("identifiedBy", DWC), ("dateIdentified", DWC),
-    ("identificationVerificationStatus", DWC), ("associatedTaxa", DWC), ("occurrenceRemarks", DWC),
-    ("license", DC), ("modified", DC),
+    ("occurrenceID", DWC),
+    ("basisOfRecord", DWC),
+    ("eventDate", DWC),
+    ("eventID", DWC),
+    ("decimalLatitude", DWC),
+    ("decimalLongitude", DWC),
+    ("geodeticDatum", DWC),
+    ("coordinateUncertaintyInMeters", DWC),
+    ("scientificName", DWC),
+    ("taxonRank", DWC),
+    ("vernacularName", DWC),
+    ("kingdom", DWC),
+    ("class", DWC),
+    ("order", DWC),
+    ("family", DWC),
+    ("genus", DWC),
+    ("recordedBy", DWC),
+    ("identifiedBy", DWC),
+    ("dateIdentified", DWC),
+    ("identificationVerificationStatus", DWC),
+    ("associatedTaxa", DWC),
+    ("occurrenceRemarks", DWC),
+    ("license", DC),
+    ("modified", DC),
 )
-MULTIMEDIA_TERMS: tuple[str, ...] = ("type", "format", "identifier", "references", "created", "creator",
-                                     "license", "rightsHolder")
+MULTIMEDIA_TERMS: tuple[str, ...] = (
+    "type",
+    "format",
+    "identifier",
+    "references",
+    "created",
+    "creator",
+    "license",
+    "rightsHolder",
+)
 
 
 @dataclass
@@ -104,8 +129,9 @@ class _Taxa:
 
 
 def _validated(session: Session, *, gbif_only: bool) -> Iterator[Observation]:
-    stmt = select(Observation).where(Observation.status == "validated",
-                                     Observation.community_taxon_id.is_not(None))
+    stmt = select(Observation).where(
+        Observation.status == "validated", Observation.community_taxon_id.is_not(None)
+    )
     if gbif_only:
         stmt = stmt.where(Observation.licence.in_(list(GBIF_LICENCES)))
     yield from session.scalars(stmt.order_by(Observation.id).execution_options(yield_per=500))
@@ -117,9 +143,13 @@ def _user_names(session: Session) -> dict[int, str]:
 
 def _identifiers(session: Session, obs: Observation, names: dict[int, str]) -> list[str]:
     """Names of the people whose current identification agrees with the community taxon."""
-    rows = session.scalars(select(Identification).where(Identification.observation_id == obs.id,
-                                                        Identification.current.is_(True),
-                                                        Identification.taxon_id.is_not(None)))
+    rows = session.scalars(
+        select(Identification).where(
+            Identification.observation_id == obs.id,
+            Identification.current.is_(True),
+            Identification.taxon_id.is_not(None),
+        )
+    )
     ct = session.get(Taxon, obs.community_taxon_id) if obs.community_taxon_id else None
     out = []
     for r in rows:
@@ -135,12 +165,16 @@ def _iso(value: datetime | None) -> str:
 
 
 def _meta_xml() -> str:
-    core_fields = "\n".join(f'    <field index="{i + 1}" term="{ns}{name}"/>'
-                            for i, (name, ns) in enumerate(OCCURRENCE_TERMS))
-    ext_fields = "\n".join(f'    <field index="{i + 1}" term="{DC}{name}"/>'
-                           for i, name in enumerate(MULTIMEDIA_TERMS))
-    common = ('encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
-              'ignoreHeaderLines="1"')
+    core_fields = "\n".join(
+        f'    <field index="{i + 1}" term="{ns}{name}"/>' for i, (name, ns) in enumerate(OCCURRENCE_TERMS)
+    )
+    ext_fields = "\n".join(
+        f'    <field index="{i + 1}" term="{DC}{name}"/>' for i, name in enumerate(MULTIMEDIA_TERMS)
+    )
+    common = (
+        'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+        'ignoreHeaderLines="1"'
+    )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <archive xmlns="http://rs.tdwg.org/dwc/text/" metadata="eml.xml">
   <core {common} rowType="http://rs.tdwg.org/dwc/terms/Occurrence">
@@ -158,13 +192,15 @@ def _meta_xml() -> str:
 
 
 def _eml_xml(settings: Settings, records: int, now: datetime) -> str:
+    package = now.strftime("%Y%m%dT%H%M%SZ")
     title = escape(settings.export_title)
     publisher = escape(settings.export_publisher)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1" xmlns:dc="http://purl.org/dc/terms/"
     xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-    xsi:schemaLocation="eml://ecoinformatics.org/eml-2.1.1 http://rs.gbif.org/schema/eml-gbif-profile/1.1/eml.xsd"
-    packageId="pollinid-{now.strftime('%Y%m%dT%H%M%SZ')}" system="http://gbif.org" scope="system" xml:lang="en">
+    xsi:schemaLocation="eml://ecoinformatics.org/eml-2.1.1
+        http://rs.gbif.org/schema/eml-gbif-profile/1.1/eml.xsd"
+    packageId="pollinid-{package}" system="http://gbif.org" scope="system" xml:lang="en">
   <dataset>
     <title xml:lang="en">{title}</title>
     <creator><organizationName>{publisher}</organizationName></creator>
@@ -205,27 +241,48 @@ def write_dwca(session: Session, settings: Settings, out: Path) -> ExportResult:
         flower = taxa.get(obs.flower_taxon_id)
         flower_name = flower.scientific_name if flower else obs.flower_text
         values = {
-            "occurrenceID": occurrence_id, "basisOfRecord": "HumanObservation",
-            "eventDate": _iso(obs.observed_at), "eventID": obs.session_id or "",
+            "occurrenceID": occurrence_id,
+            "basisOfRecord": "HumanObservation",
+            "eventDate": _iso(obs.observed_at),
+            "eventID": obs.session_id or "",
             "decimalLatitude": "" if obs.latitude is None else f"{obs.latitude:.6f}",
             "decimalLongitude": "" if obs.longitude is None else f"{obs.longitude:.6f}",
             "geodeticDatum": "WGS84" if obs.latitude is not None else "",
-            "coordinateUncertaintyInMeters": "" if obs.coordinate_precision_m is None
+            "coordinateUncertaintyInMeters": ""
+            if obs.coordinate_precision_m is None
             else f"{obs.coordinate_precision_m:g}",
-            "scientificName": taxon.scientific_name, "taxonRank": taxon.rank,
-            "vernacularName": taxon.common_name or "", "kingdom": lineage.get("kingdom", "Animalia"),
-            "class": lineage.get("class", "Insecta"), "order": lineage.get("order", ""),
-            "family": lineage.get("family", ""), "genus": lineage.get("genus", ""),
-            "recordedBy": observer, "identifiedBy": " | ".join(_identifiers(session, obs, names)),
-            "dateIdentified": _iso(obs.validated_at), "identificationVerificationStatus": "verified",
+            "scientificName": taxon.scientific_name,
+            "taxonRank": taxon.rank,
+            "vernacularName": taxon.common_name or "",
+            "kingdom": lineage.get("kingdom", "Animalia"),
+            "class": lineage.get("class", "Insecta"),
+            "order": lineage.get("order", ""),
+            "family": lineage.get("family", ""),
+            "genus": lineage.get("genus", ""),
+            "recordedBy": observer,
+            "identifiedBy": " | ".join(_identifiers(session, obs, names)),
+            "dateIdentified": _iso(obs.validated_at),
+            "identificationVerificationStatus": "verified",
             "associatedTaxa": f'"visited flower":"{flower_name}"' if flower_name else "",
-            "occurrenceRemarks": obs.notes or "", "license": GBIF_LICENCES[obs.licence],
+            "occurrenceRemarks": obs.notes or "",
+            "license": GBIF_LICENCES[obs.licence],
             "modified": _iso(obs.updated_at),
         }
         occ.append([occurrence_id, *[values[n] for n, _ in OCCURRENCE_TERMS]])
         for photo in obs.photos:
-            media.append([occurrence_id, "StillImage", photo.mime_type, f"{base}/api/v1/media/{photo.sha256}",
-                          occurrence_id, _iso(obs.observed_at), observer, GBIF_LICENCES[obs.licence], observer])
+            media.append(
+                [
+                    occurrence_id,
+                    "StillImage",
+                    photo.mime_type,
+                    f"{base}/api/v1/media/{photo.sha256}",
+                    occurrence_id,
+                    _iso(obs.observed_at),
+                    observer,
+                    GBIF_LICENCES[obs.licence],
+                    observer,
+                ]
+            )
     now = datetime.now(UTC)
     fd, tmp = _atomic_target(out)
     try:
@@ -242,10 +299,30 @@ def write_dwca(session: Session, settings: Settings, out: Path) -> ExportResult:
 
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "id", "observer_id", "observer", "session_id", "observed_at", "latitude", "longitude",
-    "coordinate_precision_m", "status", "taxon_id", "scientific_name", "taxon_rank", "community_taxon_id",
-    "consensus_score", "identification_count", "model_name", "model_version", "predicted_taxon_id",
-    "top1_score", "flower", "licence", "notes", "photos", "created_at",
+    "id",
+    "observer_id",
+    "observer",
+    "session_id",
+    "observed_at",
+    "latitude",
+    "longitude",
+    "coordinate_precision_m",
+    "status",
+    "taxon_id",
+    "scientific_name",
+    "taxon_rank",
+    "community_taxon_id",
+    "consensus_score",
+    "identification_count",
+    "model_name",
+    "model_version",
+    "predicted_taxon_id",
+    "top1_score",
+    "flower",
+    "licence",
+    "notes",
+    "photos",
+    "created_at",
 )
 
 
@@ -259,19 +336,39 @@ def write_csv(session: Session, settings: Settings, out: Path) -> ExportResult:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(CSV_COLUMNS)
-            for obs in session.scalars(select(Observation).order_by(Observation.id)
-                                       .execution_options(yield_per=500)):
+            for obs in session.scalars(
+                select(Observation).order_by(Observation.id).execution_options(yield_per=500)
+            ):
                 taxon = taxa.get(obs.taxon_id)
                 flower = taxa.get(obs.flower_taxon_id)
-                writer.writerow([
-                    obs.id, obs.observer_id, names.get(obs.observer_id, ""), obs.session_id or "",
-                    _iso(obs.observed_at), obs.latitude, obs.longitude, obs.coordinate_precision_m, obs.status,
-                    obs.taxon_id, taxon.scientific_name if taxon else "", taxon.rank if taxon else "",
-                    obs.community_taxon_id, obs.consensus_score, obs.identification_count, obs.model_name,
-                    obs.model_version, obs.predicted_taxon_id, obs.top1_score,
-                    flower.scientific_name if flower else (obs.flower_text or ""), obs.licence,
-                    obs.notes or "", " ".join(p.sha256 for p in obs.photos), _iso(obs.created_at),
-                ])
+                writer.writerow(
+                    [
+                        obs.id,
+                        obs.observer_id,
+                        names.get(obs.observer_id, ""),
+                        obs.session_id or "",
+                        _iso(obs.observed_at),
+                        obs.latitude,
+                        obs.longitude,
+                        obs.coordinate_precision_m,
+                        obs.status,
+                        obs.taxon_id,
+                        taxon.scientific_name if taxon else "",
+                        taxon.rank if taxon else "",
+                        obs.community_taxon_id,
+                        obs.consensus_score,
+                        obs.identification_count,
+                        obs.model_name,
+                        obs.model_version,
+                        obs.predicted_taxon_id,
+                        obs.top1_score,
+                        flower.scientific_name if flower else (obs.flower_text or ""),
+                        obs.licence,
+                        obs.notes or "",
+                        " ".join(p.sha256 for p in obs.photos),
+                        _iso(obs.created_at),
+                    ]
+                )
                 n += 1
         _finish(tmp, out)
     except BaseException:
@@ -284,8 +381,9 @@ TRAINING_COLUMNS: tuple[str, ...] = ("path", "label", "observation_id", "observe
 SPECIES_INDEX = RANKS.index("species")
 
 
-def training_rows(session: Session, settings: Settings, *, since: datetime | None = None
-                  ) -> Iterator[dict[str, str]]:
+def training_rows(
+    session: Session, settings: Settings, *, since: datetime | None = None
+) -> Iterator[dict[str, str]]:
     """Rows of the training manifest: each photo of each observation validated at species rank or finer."""
     taxa = _Taxa(session)
     labels: dict[int, str] = {}
@@ -300,12 +398,17 @@ def training_rows(session: Session, settings: Settings, *, since: datetime | Non
             continue
         label = labels.get(taxon.id, taxon.scientific_name)
         for photo in obs.photos:
-            yield {"path": str(media_file(root, photo.sha256)), "label": label,
-                   "observation_id": str(obs.id), "observer": str(obs.observer_id)}
+            yield {
+                "path": str(media_file(root, photo.sha256)),
+                "label": label,
+                "observation_id": str(obs.id),
+                "observer": str(obs.observer_id),
+            }
 
 
-def write_training_manifest(session: Session, settings: Settings, out: Path, *,
-                            since: datetime | None = None) -> ExportResult:
+def write_training_manifest(
+    session: Session, settings: Settings, out: Path, *, since: datetime | None = None
+) -> ExportResult:
     """Write ``path,label,observation_id,observer`` for the validated photos."""
     fd, tmp = _atomic_target(out)
     n = 0
@@ -326,7 +429,9 @@ def write_training_manifest(session: Session, settings: Settings, out: Path, *,
 
 
 WRITERS: dict[str, Callable[[Session, Settings, Path], ExportResult]] = {
-    "dwca": write_dwca, "csv": write_csv, "training": write_training_manifest,
+    "dwca": write_dwca,
+    "csv": write_csv,
+    "training": write_training_manifest,
 }
 MEDIA_TYPES: dict[str, tuple[str, str]] = {
     "dwca": ("application/zip", "pollinid-dwca.zip"),
@@ -356,8 +461,11 @@ def model_accuracy(session: Session) -> list[dict[str, Any]]:
     """
     taxa = _Taxa(session)
     stats: dict[tuple[str, str], list[int]] = {}
-    stmt = select(Observation).where(Observation.status == "validated", Observation.model_name.is_not(None),
-                                     Observation.community_taxon_id.is_not(None))
+    stmt = select(Observation).where(
+        Observation.status == "validated",
+        Observation.model_name.is_not(None),
+        Observation.community_taxon_id.is_not(None),
+    )
     for obs in session.scalars(stmt.execution_options(yield_per=500)):
         truth = taxa.get(obs.community_taxon_id)
         if truth is None:
@@ -374,9 +482,17 @@ def model_accuracy(session: Session) -> list[dict[str, Any]]:
         entry[2] += int(any(hit(e) for e in top_k[:3]))
     out = []
     for (name, version), (n, t1, t3) in sorted(stats.items()):
-        out.append({"model_name": name, "model_version": version, "validated": n, "top1_correct": t1,
-                    "top3_correct": t3, "top1_accuracy": t1 / n if n else None,
-                    "top3_accuracy": t3 / n if n else None})
+        out.append(
+            {
+                "model_name": name,
+                "model_version": version,
+                "validated": n,
+                "top1_correct": t1,
+                "top3_correct": t3,
+                "top1_accuracy": t1 / n if n else None,
+                "top3_accuracy": t3 / n if n else None,
+            }
+        )
     return out
 
 

@@ -159,7 +159,7 @@ def _taxon_public(clf: Classifier, key: str) -> TaxonPublic:
                             family=ranks.get("family") or (info.family if info else None),
                             order=ranks.get("order") or (info.order if info else None))
         cache[key] = found
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def _allowed_mask(clf: Classifier, taxon: str) -> tuple[np.ndarray, TaxonPublic]:

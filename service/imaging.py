@@ -143,8 +143,7 @@ def decode_image(data: bytes, *, limits: DecodeLimits | None = None, min_side: i
         exif = img.getexif() if keep_exif else None
         if getattr(img, "is_animated", False):
             img.seek(0)
-        img = _apply_orientation(img)
-        rgb = to_rgb(img)
+        rgb = to_rgb(_apply_orientation(img))
     except (InvalidImage, UnsupportedMediaType):
         raise
     except Exception as exc:  # truncated data, broken streams, codec errors

@@ -73,7 +73,8 @@ def check_idempotency_key(value: str | None) -> str | None:
         return None
     if not IDEMPOTENCY_KEY_RE.fullmatch(value):
         raise InvalidIdempotencyKey(
-            "Idempotency-Key must be 8 to 128 characters of letters, digits and _.:- (a UUID works)")
+            "Idempotency-Key must be 8 to 128 characters of letters, digits and _.:- (a UUID works)"
+        )
     return value
 
 
@@ -107,20 +108,25 @@ def decode_uploads(blobs: Sequence[bytes], settings: Settings) -> list[UploadedP
     if not blobs:
         raise InvalidRequest("an observation needs at least one photo (field 'photos')")
     if len(blobs) > settings.max_images:
-        raise TooManyPhotos(f"{len(blobs)} photos sent; an observation has at most {settings.max_images}",
-                            detail={"max_images": settings.max_images, "received": len(blobs)})
+        raise TooManyPhotos(
+            f"{len(blobs)} photos sent; an observation has at most {settings.max_images}",
+            detail={"max_images": settings.max_images, "received": len(blobs)},
+        )
     total = sum(len(b) for b in blobs)
     if total > settings.max_request_bytes:
         raise PayloadTooLarge(f"{total} bytes of photos; the limit is {settings.max_request_bytes}")
-    limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
-                          max_side=settings.max_image_side)
+    limits = DecodeLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+    )
     out = []
     for i, data in enumerate(blobs):
         try:
             decoded = decode_image(data, limits=limits, min_side=512, keep_exif=True)
         except Exception as exc:
             if hasattr(exc, "message"):
-                exc.message = f"photo {i + 1}: {exc.message}"  # type: ignore[attr-defined]
+                exc.message = f"photo {i + 1}: {exc.message}"
             raise
         out.append(UploadedPhoto(data=data, sha256=hashlib.sha256(data).hexdigest(), decoded=decoded))
     return out
@@ -213,10 +219,13 @@ def check_observed_at(value: datetime, *, now: datetime | None = None) -> dateti
     value = as_utc(value)  # type: ignore[assignment]
     now = now or utcnow()
     if value > now + FUTURE_TOLERANCE:
-        raise InvalidRequest(f"observed_at {value.isoformat()} is in the future",
-                             detail={"field": "observed_at"})
+        raise InvalidRequest(
+            f"observed_at {value.isoformat()} is in the future", detail={"field": "observed_at"}
+        )
     if value < EARLIEST:
-        raise InvalidRequest(f"observed_at {value.isoformat()} is before 1900", detail={"field": "observed_at"})
+        raise InvalidRequest(
+            f"observed_at {value.isoformat()} is before 1900", detail={"field": "observed_at"}
+        )
     return value
 
 
@@ -233,7 +242,9 @@ def check_coordinates(lat: float | None, lon: float | None, precision: float | N
 
 def check_licence(value: str) -> str:
     if value not in LICENCES:
-        raise InvalidRequest(f"unknown licence {value!r}; known: {list(LICENCES)}", detail={"field": "licence"})
+        raise InvalidRequest(
+            f"unknown licence {value!r}; known: {list(LICENCES)}", detail={"field": "licence"}
+        )
     return value
 
 
@@ -252,7 +263,9 @@ class ResolvedMetadata:
     notes: str | None
 
 
-def resolve_metadata(session: Session, meta: ObservationInput, photos: Sequence[UploadedPhoto]) -> ResolvedMetadata:
+def resolve_metadata(
+    session: Session, meta: ObservationInput, photos: Sequence[UploadedPhoto]
+) -> ResolvedMetadata:
     """Validate the metadata; take the date and position from the photos' EXIF when they are missing."""
     licence = check_licence(meta.licence)
     check_coordinates(meta.latitude, meta.longitude, meta.coordinate_precision_m)
@@ -261,8 +274,9 @@ def resolve_metadata(session: Session, meta: ObservationInput, photos: Sequence[
         observed_at = next((d for p in photos if (d := exif_datetime(p.decoded.exif)) is not None), None)
         source = "exif"
     if observed_at is None:
-        raise InvalidRequest("observed_at is missing and none of the photos has an EXIF date",
-                             detail={"field": "observed_at"})
+        raise InvalidRequest(
+            "observed_at is missing and none of the photos has an EXIF date", detail={"field": "observed_at"}
+        )
     observed_at = check_observed_at(observed_at)
     lat, lon, precision, loc_source = meta.latitude, meta.longitude, meta.coordinate_precision_m, None
     if lat is not None:
@@ -274,10 +288,19 @@ def resolve_metadata(session: Session, meta: ObservationInput, photos: Sequence[
             precision = precision if precision is not None else exif_precision
             loc_source = "exif"
     flower_taxon_id = resolve_taxon(session, meta.flower_taxon).id if meta.flower_taxon else None
-    return ResolvedMetadata(observed_at=observed_at, observed_at_source=source, latitude=lat, longitude=lon,
-                            coordinate_precision_m=precision, location_source=loc_source,
-                            flower_text=(meta.flower or None), flower_taxon_id=flower_taxon_id,
-                            session_id=meta.session_id or None, licence=licence, notes=meta.notes or None)
+    return ResolvedMetadata(
+        observed_at=observed_at,
+        observed_at_source=source,
+        latitude=lat,
+        longitude=lon,
+        coordinate_precision_m=precision,
+        location_source=loc_source,
+        flower_text=(meta.flower or None),
+        flower_taxon_id=flower_taxon_id,
+        session_id=meta.session_id or None,
+        licence=licence,
+        notes=meta.notes or None,
+    )
 
 
 # -- the model's prediction ----------------------------------------------------------------------------
@@ -296,7 +319,9 @@ def prediction_from_response(response: Any) -> PredictionFields | None:
     """Model, labels and calibrated scores from an identify answer (a pydantic model or a dict)."""
     if response is None:
         return None
-    data: dict[str, Any] = response.model_dump(mode="json") if hasattr(response, "model_dump") else dict(response)
+    data: dict[str, Any] = (
+        response.model_dump(mode="json") if hasattr(response, "model_dump") else dict(response)
+    )
     model = data.get("model") or {}
     labels: list[str] = []
     scores: list[float] = []
@@ -309,8 +334,13 @@ def prediction_from_response(response: Any) -> PredictionFields | None:
         scores.append(float(r["score"]))
     if not model.get("name") or not model.get("version"):
         return None
-    return PredictionFields(model_name=str(model["name"]), model_version=str(model["version"]), labels=labels,
-                            scores=scores, result=data)
+    return PredictionFields(
+        model_name=str(model["name"]),
+        model_version=str(model["version"]),
+        labels=labels,
+        scores=scores,
+        result=data,
+    )
 
 
 def _prediction_columns(session: Session, pred: PredictionFields | None) -> dict[str, Any]:
@@ -320,12 +350,23 @@ def _prediction_columns(session: Session, pred: PredictionFields | None) -> dict
     top1 = pred.scores[0] if pred.scores else None
     margin = (pred.scores[0] - pred.scores[1]) if len(pred.scores) > 1 else top1
     # Keep what the answer says about the observation; per-photo details and timings stay out of the row.
-    stored = {k: v for k, v in pred.result.items() if k in ("model", "results", "rollup", "out_of_distribution")}
-    stored["top_k"] = [{"label": lbl, "score": s, "taxon_id": taxa.get(lbl)}
-                       for lbl, s in zip(pred.labels, pred.scores, strict=True)]
+    stored = {
+        k: v for k, v in pred.result.items() if k in ("model", "results", "rollup", "out_of_distribution")
+    }
+    stored["top_k"] = [
+        {"label": lbl, "score": s, "taxon_id": taxa.get(lbl)}
+        for lbl, s in zip(pred.labels, pred.scores, strict=True)
+    ]
     predicted = taxa.get(pred.labels[0]) if pred.labels else None
-    return {"model_name": pred.model_name, "model_version": pred.model_version, "top1_score": top1,
-            "top_margin": margin, "predicted_taxon_id": predicted, "taxon_id": predicted, "prediction": stored}
+    return {
+        "model_name": pred.model_name,
+        "model_version": pred.model_version,
+        "top1_score": top1,
+        "top_margin": margin,
+        "predicted_taxon_id": predicted,
+        "taxon_id": predicted,
+        "prediction": stored,
+    }
 
 
 # -- create --------------------------------------------------------------------------------------------
@@ -338,20 +379,30 @@ class Created:
 
 
 def find_by_idempotency_key(session: Session, observer_id: int, key: str) -> Observation | None:
-    return session.scalar(select(Observation).where(Observation.observer_id == observer_id,
-                                                    Observation.idempotency_key == key))
+    return session.scalar(
+        select(Observation).where(Observation.observer_id == observer_id, Observation.idempotency_key == key)
+    )
 
 
 def _replay(existing: Observation, fingerprint: str) -> Created:
     if existing.request_fingerprint and existing.request_fingerprint != fingerprint:
-        raise InvalidIdempotencyKey("this Idempotency-Key was already used for a different observation",
-                                    detail={"observation_id": existing.id})
+        raise InvalidIdempotencyKey(
+            "this Idempotency-Key was already used for a different observation",
+            detail={"observation_id": existing.id},
+        )
     return Created(existing, replayed=True)
 
 
-def create_observation(*, factory: sessionmaker[Session], settings: Settings, observer: User,
-                       meta: ObservationInput, photos: Sequence[UploadedPhoto],
-                       prediction: PredictionFields | None, idempotency_key: str | None = None) -> Created:
+def create_observation(
+    *,
+    factory: sessionmaker[Session],
+    settings: Settings,
+    observer: User,
+    meta: ObservationInput,
+    photos: Sequence[UploadedPhoto],
+    prediction: PredictionFields | None,
+    idempotency_key: str | None = None,
+) -> Created:
     """Store an observation with its photos and prediction, all or nothing.
 
     Returns the new observation, or the earlier one when ``idempotency_key`` was already used by this
@@ -375,12 +426,25 @@ def create_observation(*, factory: sessionmaker[Session], settings: Settings, ob
                 created_files.append(sha)
         with factory() as session:
             try:
-                obs = Observation(observer_id=observer.id, idempotency_key=idempotency_key,
-                                  request_fingerprint=fingerprint, status="needs_id",
-                                  **resolved.__dict__, **_prediction_columns(session, prediction))
-                obs.photos = [Photo(position=i, sha256=p.sha256, mime_type=p.decoded.mime_type,
-                                    width=p.width, height=p.height, size_bytes=len(p.data))
-                              for i, p in enumerate(photos)]
+                obs = Observation(
+                    observer_id=observer.id,
+                    idempotency_key=idempotency_key,
+                    request_fingerprint=fingerprint,
+                    status="needs_id",
+                    **resolved.__dict__,
+                    **_prediction_columns(session, prediction),
+                )
+                obs.photos = [
+                    Photo(
+                        position=i,
+                        sha256=p.sha256,
+                        mime_type=p.decoded.mime_type,
+                        width=p.width,
+                        height=p.height,
+                        size_bytes=len(p.data),
+                    )
+                    for i, p in enumerate(photos)
+                ]
                 session.add(obs)
                 session.flush()
                 storage.lock_media(session, blobs)
@@ -412,8 +476,9 @@ def can_see_all(user: User) -> bool:
     return user.role in (Role.expert, Role.admin)
 
 
-def get_observation_for(session: Session, user: User, observation_id: int, *,
-                        for_update: bool = False) -> Observation:
+def get_observation_for(
+    session: Session, user: User, observation_id: int, *, for_update: bool = False
+) -> Observation:
     """The observation if ``user`` may see it; volunteers get 404 for other people's observations."""
     stmt = select(Observation).where(Observation.id == observation_id)
     if for_update:
@@ -445,12 +510,15 @@ def parse_bbox(value: str) -> tuple[float, float, float, float]:
     except ValueError:
         parts = []
     if len(parts) != 4 or any(p != p for p in parts):
-        raise InvalidRequest("bbox must be four numbers: min_lon,min_lat,max_lon,max_lat",
-                             detail={"field": "bbox"})
+        raise InvalidRequest(
+            "bbox must be four numbers: min_lon,min_lat,max_lon,max_lat", detail={"field": "bbox"}
+        )
     min_lon, min_lat, max_lon, max_lat = parts
     if not (-180 <= min_lon <= 180 and -180 <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90):
-        raise InvalidRequest("bbox is out of range: longitudes in [-180, 180], latitudes in [-90, 90] with "
-                             "min_lat <= max_lat", detail={"field": "bbox"})
+        raise InvalidRequest(
+            "bbox is out of range: longitudes in [-180, 180], latitudes in [-90, 90] with min_lat <= max_lat",
+            detail={"field": "bbox"},
+        )
     return min_lon, min_lat, max_lon, max_lat
 
 
@@ -465,8 +533,9 @@ def decode_cursor(value: str) -> int:
             raise ValueError(raw)
         return int(raw[2:])
     except Exception:
-        raise InvalidRequest("malformed cursor; pass back the next_cursor of a previous page",
-                             detail={"field": "cursor"}) from None
+        raise InvalidRequest(
+            "malformed cursor; pass back the next_cursor of a previous page", detail={"field": "cursor"}
+        ) from None
 
 
 def filter_conditions(session: Session, user: User, f: ObservationFilters) -> list[ColumnElement[bool]]:
@@ -497,26 +566,36 @@ def filter_conditions(session: Session, user: User, f: ObservationFilters) -> li
     return cond
 
 
-def list_observations(session: Session, user: User, f: ObservationFilters) -> tuple[list[Observation], int,
-                                                                                       str | None]:
+def list_observations(
+    session: Session, user: User, f: ObservationFilters
+) -> tuple[list[Observation], int, str | None]:
     """One page of the observations ``user`` may see, newest first, with the total count and next cursor."""
     cond = filter_conditions(session, user, f)
     count = session.scalar(select(func.count(Observation.id)).where(*cond)) or 0
     stmt = select(Observation).where(*cond)
-    if f.cursor:
-        stmt = stmt.where(Observation.id < decode_cursor(f.cursor))
-    else:
-        stmt = stmt.offset(f.offset)
+    # A cursor (the last id of the previous page) wins over an offset.
+    stmt = stmt.where(Observation.id < decode_cursor(f.cursor)) if f.cursor else stmt.offset(f.offset)
     rows = list(session.scalars(stmt.order_by(Observation.id.desc()).limit(f.limit)))
     next_cursor = encode_cursor(rows[-1].id) if len(rows) == f.limit else None
     return rows, int(count), next_cursor
 
 
-EDITABLE = ("observed_at", "latitude", "longitude", "coordinate_precision_m", "flower", "flower_taxon",
-            "session_id", "licence", "notes")
+EDITABLE = (
+    "observed_at",
+    "latitude",
+    "longitude",
+    "coordinate_precision_m",
+    "flower",
+    "flower_taxon",
+    "session_id",
+    "licence",
+    "notes",
+)
 
 
-def update_observation(session: Session, user: User, obs: Observation, changes: dict[str, Any]) -> Observation:
+def update_observation(
+    session: Session, user: User, obs: Observation, changes: dict[str, Any]
+) -> Observation:
     """Apply a PATCH from the observer (or an admin). The caller commits."""
     if obs.observer_id != user.id and user.role != Role.admin:
         raise Forbidden("only the observer or an admin can edit an observation")
@@ -560,38 +639,81 @@ def update_observation(session: Session, user: User, obs: Observation, changes: 
 def taxon_dict(t: Taxon | None) -> dict[str, Any] | None:
     if t is None:
         return None
-    return {"id": t.id, "scientific_name": t.scientific_name, "common_name": t.common_name, "rank": t.rank,
-            "parent_id": t.parent_id, "group": t.group}
+    return {
+        "id": t.id,
+        "scientific_name": t.scientific_name,
+        "common_name": t.common_name,
+        "rank": t.rank,
+        "parent_id": t.parent_id,
+        "group": t.group,
+    }
 
 
 def to_public(session: Session, rows: Sequence[Observation]) -> list[dict[str, Any]]:
     """Observations as :class:`~service.schemas.observations.ObservationPublic` dicts (batched look-ups)."""
-    taxon_ids = {i for o in rows for i in (o.taxon_id, o.community_taxon_id, o.flower_taxon_id,
-                                             o.predicted_taxon_id) if i is not None}
-    taxa = {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
+    taxon_ids = {
+        i
+        for o in rows
+        for i in (o.taxon_id, o.community_taxon_id, o.flower_taxon_id, o.predicted_taxon_id)
+        if i is not None
+    }
+    taxa = (
+        {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
+    )
     user_ids = {o.observer_id for o in rows}
-    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all()) \
-        if user_ids else {}
+    names = (
+        dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all())
+        if user_ids
+        else {}
+    )
     out = []
     for o in rows:
         prediction = None
         if o.model_name:
-            prediction = {"model_name": o.model_name, "model_version": o.model_version,
-                          "top1_score": o.top1_score, "top_margin": o.top_margin,
-                          "taxon": taxon_dict(taxa.get(o.predicted_taxon_id or -1)), "result": o.prediction}
-        out.append({
-            "id": o.id, "observer_id": o.observer_id, "observer_name": names.get(o.observer_id),
-            "session_id": o.session_id, "observed_at": as_utc(o.observed_at),
-            "observed_at_source": o.observed_at_source, "latitude": o.latitude, "longitude": o.longitude,
-            "coordinate_precision_m": o.coordinate_precision_m, "location_source": o.location_source,
-            "flower_text": o.flower_text, "flower_taxon": taxon_dict(taxa.get(o.flower_taxon_id or -1)),
-            "licence": o.licence, "notes": o.notes, "status": o.status,
-            "taxon": taxon_dict(taxa.get(o.taxon_id or -1)),
-            "community_taxon": taxon_dict(taxa.get(o.community_taxon_id or -1)),
-            "consensus_score": o.consensus_score, "identification_count": o.identification_count,
-            "photos": [{"position": p.position, "sha256": p.sha256, "url": f"/api/v1/media/{p.sha256}",
-                        "mime_type": p.mime_type, "width": p.width, "height": p.height,
-                        "size_bytes": p.size_bytes} for p in o.photos],
-            "prediction": prediction, "created_at": as_utc(o.created_at), "updated_at": as_utc(o.updated_at),
-        })
+            prediction = {
+                "model_name": o.model_name,
+                "model_version": o.model_version,
+                "top1_score": o.top1_score,
+                "top_margin": o.top_margin,
+                "taxon": taxon_dict(taxa.get(o.predicted_taxon_id or -1)),
+                "result": o.prediction,
+            }
+        out.append(
+            {
+                "id": o.id,
+                "observer_id": o.observer_id,
+                "observer_name": names.get(o.observer_id),
+                "session_id": o.session_id,
+                "observed_at": as_utc(o.observed_at),
+                "observed_at_source": o.observed_at_source,
+                "latitude": o.latitude,
+                "longitude": o.longitude,
+                "coordinate_precision_m": o.coordinate_precision_m,
+                "location_source": o.location_source,
+                "flower_text": o.flower_text,
+                "flower_taxon": taxon_dict(taxa.get(o.flower_taxon_id or -1)),
+                "licence": o.licence,
+                "notes": o.notes,
+                "status": o.status,
+                "taxon": taxon_dict(taxa.get(o.taxon_id or -1)),
+                "community_taxon": taxon_dict(taxa.get(o.community_taxon_id or -1)),
+                "consensus_score": o.consensus_score,
+                "identification_count": o.identification_count,
+                "photos": [
+                    {
+                        "position": p.position,
+                        "sha256": p.sha256,
+                        "url": f"/api/v1/media/{p.sha256}",
+                        "mime_type": p.mime_type,
+                        "width": p.width,
+                        "height": p.height,
+                        "size_bytes": p.size_bytes,
+                    }
+                    for p in o.photos
+                ],
+                "prediction": prediction,
+                "created_at": as_utc(o.created_at),
+                "updated_at": as_utc(o.updated_at),
+            }
+        )
     return out

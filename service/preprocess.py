@@ -39,7 +39,7 @@ def resize_and_crop(img: Image.Image, spec: InputSpec) -> Image.Image:
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = img.resize((nw, nh), resample, reducing_gap=3.0)
         fill = tuple(round(m * 255) for m in spec.mean)
-        canvas = Image.new("RGB", (size, size), fill)  # type: ignore[arg-type]
+        canvas = Image.new("RGB", (size, size), fill)
         canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
         return canvas
     # "shorter": shorter side to spec.resize, then centre crop spec.size.

@@ -82,12 +82,16 @@ class Settings(BaseSettings):
     secret_key: str = "change-me-in-production"
 
     # Observations, consensus and the validation queue.
-    consensus_min_agreements: float = Field(2.0, gt=0, description="N: weighted agreeing identifications "
-                                            "needed for a community taxon (SPIPOLL asks for 3)")
-    consensus_threshold: float = Field(2 / 3, gt=0, lt=1, description="share of agreements to pass")
-    consensus_specialist_weight: float = Field(1.0, gt=0, description="weight of an expert's identification")
-    queue_lease_seconds: float = Field(600.0, gt=0, description="how long a queue item stays with one expert")
-    public_base_url: str = Field("http://127.0.0.1:8000", description="base URL written into exports")
+    # N: the weighted agreeing identifications a community taxon needs (SPIPOLL asks for 3).
+    consensus_min_agreements: float = Field(default=2.0, gt=0)
+    # The share of agreements a taxon must exceed.
+    consensus_threshold: float = Field(default=2 / 3, gt=0, lt=1)
+    # The weight of an expert's identification (a volunteer's weighs 1).
+    consensus_specialist_weight: float = Field(default=1.0, gt=0)
+    # How long a validation-queue item stays leased to one expert.
+    queue_lease_seconds: float = Field(default=600.0, gt=0)
+    # Base URL written into exports (occurrence and media links).
+    public_base_url: str = "http://127.0.0.1:8000"
     export_title: str = "pollinid observations of pollinating insects"
     export_publisher: str = "pollinid"
 

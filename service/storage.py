@@ -144,7 +144,7 @@ def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 50
             elif SHA256_RE.fullmatch(path.name) and path.name[:2] == sub.name:
                 found.append(path.name)
     for i in range(0, len(found), batch):
-        removed += remove_unreferenced(factory, root, found[i:i + batch])
+        removed += remove_unreferenced(factory, root, found[i : i + batch])
     if removed:
         logger.info("removed %d orphan media files", removed)
     return removed

@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}  # noqa: RUF012
 
 
 class ModelVersion(Base):
@@ -84,7 +84,7 @@ class ApiKey(Base):
 
 
 class Taxon(Base):
-    """A node of the taxonomic tree. ``path`` holds the ids from the root, ``/1/5/9/``, for subtree queries."""
+    """A node of the taxonomic tree. ``path`` holds the ids from the root (``/1/5/9/``) for subtrees."""
 
     __tablename__ = "taxa"
     __table_args__ = (UniqueConstraint("rank", "scientific_name", name="uq_taxa_rank_name"),)
@@ -155,8 +155,9 @@ class Observation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    photos: Mapped[list[Photo]] = relationship(back_populates="observation", lazy="selectin",
-                                               order_by="Photo.position", cascade="all, delete-orphan")
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="observation", lazy="selectin", order_by="Photo.position", cascade="all, delete-orphan"
+    )
 
 
 class Photo(Base):
@@ -178,7 +179,7 @@ class Photo(Base):
 
 
 class Identification(Base):
-    """One person's identification of an observation. Withdrawn, never deleted: the rows are the audit trail."""
+    """One person's identification of an observation; withdrawn, never deleted (the audit trail)."""
 
     __tablename__ = "identifications"
     __table_args__ = (Index("ix_identifications_observation_current", "observation_id", "current"),)

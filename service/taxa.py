@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.errors import InvalidRequest, NotFound
 from service.modelcard import RANKS, LabelTaxon, ModelCard
@@ -75,8 +75,14 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
         for rank, name, common in _lineage_of(label, info):
             node = existing.get((rank, name))
             if node is None:
-                node = Taxon(rank=rank, scientific_name=name, common_name=common, path="",
-                             parent_id=parent.id if parent else None, group=info.group)
+                node = Taxon(
+                    rank=rank,
+                    scientific_name=name,
+                    common_name=common,
+                    path="",
+                    parent_id=parent.id if parent else None,
+                    group=info.group,
+                )
                 session.add(node)
                 session.flush()
                 existing[(rank, name)] = node
@@ -112,8 +118,13 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
 def sync_taxa_from_card(session: Session, card: ModelCard) -> SyncResult:
     """Load the taxa of a model card's labels (called when a model is registered or loaded)."""
     result = sync_taxa(session, {label: card.taxon_of(label) for label in card.labels})
-    logger.info("taxa from model %s/%s: %d created, %d updated", card.name, card.version, result.created,
-                result.updated)
+    logger.info(
+        "taxa from model %s/%s: %d created, %d updated",
+        card.name,
+        card.version,
+        result.created,
+        result.updated,
+    )
     return result
 
 
@@ -178,14 +189,20 @@ def resolve_taxon(session: Session, ref: int | str) -> Taxon:
     if by_label is not None:
         return get_taxon(session, by_label.taxon_id)
     folded = name.casefold()
-    matches = list(session.scalars(select(Taxon).where(
-        or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded))))
+    matches = list(
+        session.scalars(
+            select(Taxon).where(
+                or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded)
+            )
+        )
+    )
     if not matches:
         raise UnknownTaxon(f"unknown taxon {name!r}; search taxa with GET /api/v1/taxa?q=")
     if len(matches) > 1:
-        raise UnknownTaxon(f"{name!r} names several taxa; give its id",
-                           detail=[{"id": t.id, "rank": t.rank, "scientific_name": t.scientific_name}
-                                   for t in matches])
+        raise UnknownTaxon(
+            f"{name!r} names several taxa; give its id",
+            detail=[{"id": t.id, "rank": t.rank, "scientific_name": t.scientific_name} for t in matches],
+        )
     return matches[0]
 
 
@@ -226,9 +243,13 @@ def lineages(session: Session, taxon_ids: Iterable[int]) -> dict[int, tuple[int,
     return {r.id: tuple(int(p) for p in r.path.strip("/").split("/") if p) for r in rows}
 
 
-def subtree_condition(column: ColumnElement[int | None], taxon: Taxon) -> ColumnElement[bool]:
+def subtree_condition(
+    column: ColumnElement[int | None] | InstrumentedAttribute[int | None], taxon: Taxon
+) -> ColumnElement[bool]:
     """SQL condition: ``column`` is ``taxon`` or one of its descendants."""
-    sub = select(Taxon.id).where(or_(Taxon.id == taxon.id, Taxon.path.startswith(taxon.path, autoescape=True)))
+    sub = select(Taxon.id).where(
+        or_(Taxon.id == taxon.id, Taxon.path.startswith(taxon.path, autoescape=True))
+    )
     return and_(column.is_not(None), column.in_(sub))
 
 
@@ -236,8 +257,9 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def search_taxa(session: Session, q: str | None, *, rank: str | None = None, limit: int = 20,
-                offset: int = 0) -> tuple[list[Taxon], int]:
+def search_taxa(
+    session: Session, q: str | None, *, rank: str | None = None, limit: int = 20, offset: int = 0
+) -> tuple[list[Taxon], int]:
     """Taxa whose scientific or common name, or a word of it, starts with ``q`` (case-insensitive)."""
     conditions: list[ColumnElement[bool]] = []
     if q:
@@ -252,8 +274,11 @@ def search_taxa(session: Session, q: str | None, *, rank: str | None = None, lim
         conditions.append(Taxon.rank == rank)
     base = select(Taxon).where(*conditions)
     count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    starts = func.lower(Taxon.scientific_name).like(f"{_escape_like(q.strip().casefold())}%", escape="\\") \
-        if q else None
+    starts = (
+        func.lower(Taxon.scientific_name).like(f"{_escape_like(q.strip().casefold())}%", escape="\\")
+        if q
+        else None
+    )
     order = [func.length(Taxon.scientific_name), Taxon.scientific_name, Taxon.id]
     if starts is not None:
         from sqlalchemy import case
@@ -264,8 +289,11 @@ def search_taxa(session: Session, q: str | None, *, rank: str | None = None, lim
 
 
 def labels_of(session: Session, taxon_id: int) -> list[str]:
-    return list(session.scalars(select(TaxonLabel.label).where(TaxonLabel.taxon_id == taxon_id)
-                                .order_by(TaxonLabel.label)))
+    return list(
+        session.scalars(
+            select(TaxonLabel.label).where(TaxonLabel.taxon_id == taxon_id).order_by(TaxonLabel.label)
+        )
+    )
 
 
 # -- wiring --------------------------------------------------------------------------------------------

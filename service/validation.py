@@ -33,19 +33,31 @@ def vote_weight(role: str, settings: Settings) -> float:
 
 
 def current_identifications(session: Session, observation_id: int) -> list[Identification]:
-    return list(session.scalars(select(Identification).where(
-        Identification.observation_id == observation_id, Identification.current.is_(True))
-        .order_by(Identification.id)))
+    return list(
+        session.scalars(
+            select(Identification)
+            .where(Identification.observation_id == observation_id, Identification.current.is_(True))
+            .order_by(Identification.id)
+        )
+    )
 
 
 def recompute_consensus(session: Session, obs: Observation, settings: Settings) -> Consensus:
     """Apply the community-taxon rule to ``obs``'s current identifications and store the result."""
     ids = current_identifications(session, obs.id)
     paths = lineages(session, [i.taxon_id for i in ids if i.taxon_id is not None])
-    votes = [Vote(kind=Kind(i.kind), lineage=paths.get(i.taxon_id, ()) if i.taxon_id else (),
-                  weight=vote_weight(i.user_role, settings), disagreement=i.disagreement) for i in ids]
-    result = community_taxon(votes, min_agreements=settings.consensus_min_agreements,
-                             threshold=settings.consensus_threshold)
+    votes = [
+        Vote(
+            kind=Kind(i.kind),
+            lineage=paths.get(i.taxon_id, ()) if i.taxon_id else (),
+            weight=vote_weight(i.user_role, settings),
+            disagreement=i.disagreement,
+        )
+        for i in ids
+    ]
+    result = community_taxon(
+        votes, min_agreements=settings.consensus_min_agreements, threshold=settings.consensus_threshold
+    )
     was_validated = obs.status == "validated"
     obs.status = result.status.value
     obs.community_taxon_id = result.taxon
@@ -84,9 +96,17 @@ class Added:
     consensus: Consensus
 
 
-def add_identification(session: Session, settings: Settings, user: User, observation_id: int, *,
-                       kind: str, taxon: int | str | None, comment: str | None = None,
-                       disagreement: bool = False) -> Added:
+def add_identification(
+    session: Session,
+    settings: Settings,
+    user: User,
+    observation_id: int,
+    *,
+    kind: str,
+    taxon: int | str | None,
+    comment: str | None = None,
+    disagreement: bool = False,
+) -> Added:
     """Record ``user``'s identification, supersede their previous one, and recompute the consensus.
 
     The caller commits.
@@ -104,8 +124,10 @@ def add_identification(session: Session, settings: Settings, user: User, observa
         if taxon is None and kind == Kind.agree:
             target = obs.community_taxon_id or obs.predicted_taxon_id
             if target is None:
-                raise InvalidRequest("nothing to agree with: no community taxon and no model suggestion; "
-                                     "name a taxon", detail={"field": "taxon"})
+                raise InvalidRequest(
+                    "nothing to agree with: no community taxon and no model suggestion; name a taxon",
+                    detail={"field": "taxon"},
+                )
             taxon = target
         if taxon is None:
             raise InvalidRequest("a 'propose' identification names a taxon", detail={"field": "taxon"})
@@ -116,14 +138,27 @@ def add_identification(session: Session, settings: Settings, user: User, observa
         raise InvalidRequest("'disagreement' only applies with a taxon")
 
     now = utcnow()
-    session.execute(update(Identification)
-                    .where(Identification.observation_id == obs.id, Identification.user_id == user.id,
-                           Identification.current.is_(True))
-                    .values(current=False))
-    ident = Identification(observation_id=obs.id, user_id=user.id, user_role=user.role, kind=kind,
-                           taxon_id=taxon_row.id if taxon_row else None, disagreement=disagreement,
-                           comment=comment, model_suggestion=_suggestion(session, obs), current=True,
-                           created_at=now)
+    session.execute(
+        update(Identification)
+        .where(
+            Identification.observation_id == obs.id,
+            Identification.user_id == user.id,
+            Identification.current.is_(True),
+        )
+        .values(current=False)
+    )
+    ident = Identification(
+        observation_id=obs.id,
+        user_id=user.id,
+        user_role=user.role,
+        kind=kind,
+        taxon_id=taxon_row.id if taxon_row else None,
+        disagreement=disagreement,
+        comment=comment,
+        model_suggestion=_suggestion(session, obs),
+        current=True,
+        created_at=now,
+    )
     session.add(ident)
     session.flush()
     if obs.lease_user_id == user.id:
@@ -133,8 +168,9 @@ def add_identification(session: Session, settings: Settings, user: User, observa
     return Added(ident, obs, result)
 
 
-def withdraw_identification(session: Session, settings: Settings, user: User, observation_id: int,
-                            identification_id: int) -> Added:
+def withdraw_identification(
+    session: Session, settings: Settings, user: User, observation_id: int, identification_id: int
+) -> Added:
     """Withdraw one of ``user``'s identifications (admins: anyone's); it stays in the history."""
     obs = get_observation_for(session, user, observation_id, for_update=True)
     ident = session.get(Identification, identification_id)
@@ -155,53 +191,85 @@ def withdraw_identification(session: Session, settings: Settings, user: User, ob
 def list_identifications(session: Session, user: User, observation_id: int) -> list[Identification]:
     """The whole history of an observation's identifications, oldest first."""
     obs = get_observation_for(session, user, observation_id)
-    return list(session.scalars(select(Identification).where(Identification.observation_id == obs.id)
-                                .order_by(Identification.id)))
+    return list(
+        session.scalars(
+            select(Identification).where(Identification.observation_id == obs.id).order_by(Identification.id)
+        )
+    )
 
 
 def identification_public(session: Session, rows: list[Identification]) -> list[dict[str, Any]]:
     from service.observations import taxon_dict
 
     taxon_ids = {r.taxon_id for r in rows if r.taxon_id is not None}
-    taxa = {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
+    taxa = (
+        {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
+    )
     user_ids = {r.user_id for r in rows}
-    names = dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all()) \
-        if user_ids else {}
-    return [{"id": r.id, "observation_id": r.observation_id, "user_id": r.user_id,
-             "user_name": names.get(r.user_id), "user_role": r.user_role, "kind": r.kind,
-             "taxon": taxon_dict(taxa.get(r.taxon_id or -1)), "disagreement": r.disagreement,
-             "comment": r.comment, "model_suggestion": r.model_suggestion, "current": r.current,
-             "created_at": as_utc(r.created_at), "withdrawn_at": as_utc(r.withdrawn_at)} for r in rows]
+    names = (
+        dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all())
+        if user_ids
+        else {}
+    )
+    return [
+        {
+            "id": r.id,
+            "observation_id": r.observation_id,
+            "user_id": r.user_id,
+            "user_name": names.get(r.user_id),
+            "user_role": r.user_role,
+            "kind": r.kind,
+            "taxon": taxon_dict(taxa.get(r.taxon_id or -1)),
+            "disagreement": r.disagreement,
+            "comment": r.comment,
+            "model_suggestion": r.model_suggestion,
+            "current": r.current,
+            "created_at": as_utc(r.created_at),
+            "withdrawn_at": as_utc(r.withdrawn_at),
+        }
+        for r in rows
+    ]
 
 
 def consensus_public(session: Session, obs: Observation) -> dict[str, Any]:
     from service.observations import taxon_dict
 
     taxon = session.get(Taxon, obs.community_taxon_id) if obs.community_taxon_id else None
-    return {"status": obs.status, "taxon": taxon_dict(taxon), "score": obs.consensus_score,
-            "agreement_weight": obs.agreement_weight, "identification_count": obs.identification_count}
+    return {
+        "status": obs.status,
+        "taxon": taxon_dict(taxon),
+        "score": obs.consensus_score,
+        "agreement_weight": obs.agreement_weight,
+        "identification_count": obs.identification_count,
+    }
 
 
 # -- the validation queue ------------------------------------------------------------------------------
 
 
 def queue_conditions(user: User, now: datetime, taxon: Taxon | None) -> list[ColumnElement[bool]]:
-    already = exists().where(Identification.observation_id == Observation.id,
-                             Identification.user_id == user.id)
+    already = exists().where(
+        Identification.observation_id == Observation.id, Identification.user_id == user.id
+    )
     cond: list[ColumnElement[bool]] = [
         Observation.status == "needs_id",
         Observation.observer_id != user.id,
         ~already,
-        or_(Observation.lease_user_id.is_(None), Observation.lease_user_id == user.id,
-            Observation.lease_expires_at.is_(None), Observation.lease_expires_at < now),
+        or_(
+            Observation.lease_user_id.is_(None),
+            Observation.lease_user_id == user.id,
+            Observation.lease_expires_at.is_(None),
+            Observation.lease_expires_at < now,
+        ),
     ]
     if taxon is not None:
         cond.append(subtree_condition(Observation.taxon_id, taxon))
     return cond
 
 
-def claim_queue(session: Session, settings: Settings, user: User, *, limit: int = 10,
-                taxon: int | str | None = None) -> tuple[list[Observation], datetime]:
+def claim_queue(
+    session: Session, settings: Settings, user: User, *, limit: int = 10, taxon: int | str | None = None
+) -> tuple[list[Observation], datetime]:
     """Lease the ``limit`` most uncertain ``needs_id`` observations to ``user``. The caller commits.
 
     Order: lowest calibrated top-1 score first (no prediction counts as 0), then the smallest margin
@@ -215,10 +283,17 @@ def claim_queue(session: Session, settings: Settings, user: User, *, limit: int 
     taxon_row = resolve_taxon(session, taxon) if taxon not in (None, "") else None
     now = utcnow()
     expires = now + timedelta(seconds=settings.queue_lease_seconds)
-    stmt = (select(Observation).where(*queue_conditions(user, now, taxon_row))
-            .order_by(func.coalesce(Observation.top1_score, 0.0), func.coalesce(Observation.top_margin, 0.0),
-                      Observation.created_at, Observation.id)
-            .limit(limit))
+    stmt = (
+        select(Observation)
+        .where(*queue_conditions(user, now, taxon_row))
+        .order_by(
+            func.coalesce(Observation.top1_score, 0.0),
+            func.coalesce(Observation.top_margin, 0.0),
+            Observation.created_at,
+            Observation.id,
+        )
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=Observation)
     rows = list(session.scalars(stmt))
@@ -243,4 +318,3 @@ def lease_active(obs: Observation, now: datetime | None = None) -> bool:
     now = now or utcnow()
     exp = as_utc(obs.lease_expires_at)
     return obs.lease_user_id is not None and exp is not None and exp > now
-

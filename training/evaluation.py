@@ -38,7 +38,7 @@ def tta_views(img: Image.Image, crop: float = 0.85) -> list[Image.Image]:
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 class _Runner:
@@ -53,7 +53,9 @@ class _Runner:
 
             self.classifier = None
             self.card = ModelCard.load(folder)
-            self.session = ort.InferenceSession(str(folder / str(onnx_file)), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(folder / str(onnx_file)), providers=["CPUExecutionProvider"]
+            )
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         if self.classifier is not None:
@@ -62,9 +64,16 @@ class _Runner:
         return np.asarray(self.session.run([spec.output_name], {spec.input_name: batch})[0], dtype=np.float32)
 
 
-def evaluate_model_dir(folder: Path, samples: Sequence[Sample], classes: Sequence[str] | None = None, *,
-                       tta: bool = False, onnx_file: str | None = None, batch_size: int = 32,
-                       progress: bool = False) -> dict[str, Any]:
+def evaluate_model_dir(
+    folder: Path,
+    samples: Sequence[Sample],
+    classes: Sequence[str] | None = None,
+    *,
+    tta: bool = False,
+    onnx_file: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Metrics of an exported model on labelled photos.
 
     Args:
@@ -89,7 +98,9 @@ def evaluate_model_dir(folder: Path, samples: Sequence[Sample], classes: Sequenc
     known = [s for s in samples if s.label in index]
     skipped = {"unknown_label": len(samples) - len(known), "unreadable": 0}
     if classes is not None and list(classes) != list(card.labels):
-        logger.info("evaluation label list differs from the card's; using the card's %d labels", len(card.labels))
+        logger.info(
+            "evaluation label list differs from the card's; using the card's %d labels", len(card.labels)
+        )
     images: list[Image.Image] = []
     targets: list[int] = []
     t_decode = time.perf_counter()
@@ -114,9 +125,16 @@ def evaluate_model_dir(folder: Path, samples: Sequence[Sample], classes: Sequenc
     metrics = compute_metrics(logits, y, card.labels, card.taxonomy, temperature=t)
     metrics["ece_uncalibrated"] = compute_metrics(logits, y, card.labels, card.taxonomy)["ece"]
     result: dict[str, Any] = {
-        "metrics": metrics, "logits": logits, "targets": y, "skipped": skipped,
-        "timing": {"images": len(y), "seconds": seconds, "decode_seconds": decode_seconds,
-                   "images_per_second": len(y) / max(seconds, 1e-9)},
+        "metrics": metrics,
+        "logits": logits,
+        "targets": y,
+        "skipped": skipped,
+        "timing": {
+            "images": len(y),
+            "seconds": seconds,
+            "decode_seconds": decode_seconds,
+            "images_per_second": len(y) / max(seconds, 1e-9),
+        },
     }
     if tta:
         t1 = time.perf_counter()
@@ -132,7 +150,8 @@ def evaluate_model_dir(folder: Path, samples: Sequence[Sample], classes: Sequenc
         result["tta"] = {
             "metrics": compute_metrics(logits, y, card.labels, card.taxonomy, probs=tta_probs),
             "views_per_photo": len(tta_views(images[0])),
-            "seconds": tta_seconds, "images_per_second": len(y) / max(tta_seconds, 1e-9),
+            "seconds": tta_seconds,
+            "images_per_second": len(y) / max(tta_seconds, 1e-9),
             "cost_factor": tta_seconds / max(seconds, 1e-9),
         }
     return result

@@ -86,14 +86,15 @@ def write_card(folder: Path, card: ModelCard) -> None:
         embed_card(path, card)
 
 
-def _session(path: Path):  # noqa: ANN202 - onnxruntime type
+def _session(path: Path):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def parity_check(model: nn.Module, onnx_path: Path, card: ModelCard, photos: Sequence[Image.Image],
-                 tolerance: float = 1e-4) -> float:
+def parity_check(
+    model: nn.Module, onnx_path: Path, card: ModelCard, photos: Sequence[Image.Image], tolerance: float = 1e-4
+) -> float:
     """Largest difference of calibrated probabilities between PyTorch and ONNX Runtime.
 
     Raises:
@@ -109,15 +110,26 @@ def parity_check(model: nn.Module, onnx_path: Path, card: ModelCard, photos: Seq
     t = card.calibration.temperature
     diff = float(np.abs(softmax(torch_logits, t) - softmax(onnx_logits, t)).max())
     if not np.isfinite(diff) or diff > tolerance:
-        raise ExportError(f"ONNX Runtime and PyTorch disagree: max probability difference {diff:.3g} > "
-                          f"{tolerance:g} on {len(photos)} photos")
+        raise ExportError(
+            f"ONNX Runtime and PyTorch disagree: max probability difference {diff:.3g} > "
+            f"{tolerance:g} on {len(photos)} photos"
+        )
     return diff
 
 
-def export_model(model: nn.Module, card: ModelCard, folder: Path, *, opset: int = MIN_OPSET,
-                 photos: Sequence[Image.Image] | None = None, tolerance: float = 1e-4, fp16: bool = False,
-                 int8: bool = False, calibration_photos: Sequence[Image.Image] | None = None,
-                 overwrite: bool = False) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    card: ModelCard,
+    folder: Path,
+    *,
+    opset: int = MIN_OPSET,
+    photos: Sequence[Image.Image] | None = None,
+    tolerance: float = 1e-4,
+    fp16: bool = False,
+    int8: bool = False,
+    calibration_photos: Sequence[Image.Image] | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """Export ``model`` to ``folder/model.onnx`` + ``folder/model.json`` and check it.
 
     Args:
@@ -152,9 +164,16 @@ def export_model(model: nn.Module, card: ModelCard, folder: Path, *, opset: int 
         dummy = torch.zeros(2, 3, spec.size, spec.size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (dummy,), str(onnx_path), input_names=[spec.input_name],
-                              output_names=[spec.output_name], opset_version=opset, dynamo=False,
-                              dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(onnx_path),
+                input_names=[spec.input_name],
+                output_names=[spec.output_name],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
+            )
         embed_card(onnx_path, card)
         onnx.checker.check_model(str(onnx_path), full_check=True)
         all_photos = list(photos or []) + synthetic_photos()
@@ -164,8 +183,9 @@ def export_model(model: nn.Module, card: ModelCard, folder: Path, *, opset: int 
         if fp16:
             variants["fp16"] = _to_fp16(onnx_path, tmp / "model.fp16.onnx")
         if int8:
-            variants["int8"] = _to_int8(onnx_path, tmp / "model.int8.onnx", card,
-                                        list(calibration_photos or all_photos))
+            variants["int8"] = _to_int8(
+                onnx_path, tmp / "model.int8.onnx", card, list(calibration_photos or all_photos)
+            )
         if folder.exists():
             shutil.rmtree(folder)
         tmp.replace(folder)
@@ -173,10 +193,21 @@ def export_model(model: nn.Module, card: ModelCard, folder: Path, *, opset: int 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     onnx_final = folder / ONNX_FILENAME
-    logger.info("exported %s (%.1f MB), parity max |dp| = %.2e on %d photos", onnx_final,
-                onnx_final.stat().st_size / 1e6, diff, len(all_photos))
-    return ExportResult(folder, onnx_final, diff, len(all_photos),
-                        {k: folder / v.name for k, v in variants.items()}, onnx_final.stat().st_size)
+    logger.info(
+        "exported %s (%.1f MB), parity max |dp| = %.2e on %d photos",
+        onnx_final,
+        onnx_final.stat().st_size / 1e6,
+        diff,
+        len(all_photos),
+    )
+    return ExportResult(
+        folder,
+        onnx_final,
+        diff,
+        len(all_photos),
+        {k: folder / v.name for k, v in variants.items()},
+        onnx_final.stat().st_size,
+    )
 
 
 def _to_fp16(src: Path, dst: Path) -> Path:
@@ -204,8 +235,15 @@ def _to_int8(src: Path, dst: Path, card: ModelCard, photos: Sequence[Image.Image
     pre = dst.with_suffix(".pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(pre),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     finally:
         pre.unlink(missing_ok=True)
     return dst
@@ -222,5 +260,13 @@ def load_card_from_onnx(path: Path) -> ModelCard:
     raise ValueError(f"{path} has no {ONNX_METADATA_KEY} metadata")
 
 
-__all__ = ["CARD_FILENAME", "ExportError", "ExportResult", "export_model", "load_card_from_onnx",
-           "parity_check", "synthetic_photos", "write_card"]
+__all__ = [
+    "CARD_FILENAME",
+    "ExportError",
+    "ExportResult",
+    "export_model",
+    "load_card_from_onnx",
+    "parity_check",
+    "synthetic_photos",
+    "write_card",
+]

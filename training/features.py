@@ -38,14 +38,14 @@ class _Prefix(nn.Module):
         self.model = model
         self.stop = stop
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_until(x, self.stop)
 
 
 def prefix_digest(model: StagedNet, stop: int) -> str:
     """Hash of the frozen prefix's weights (part of the cache key)."""
     h = hashlib.sha256()
-    for name, tensor in _Prefix(model, stop).state_dict().items():
+    for name, tensor in nn.ModuleList(model.stages[:stop]).state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -77,9 +77,16 @@ def _run_prefix_onnx(model: StagedNet, stop: int, sample: torch.Tensor, threads:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(prefix, (sample[:1],), buf, input_names=["input"], output_names=["features"],
-                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            prefix,
+            (sample[:1],),
+            buf,
+            input_names=["input"],
+            output_names=["features"],
+            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     options = ort.SessionOptions()
     if threads > 0:
         options.intra_op_num_threads = threads
@@ -91,10 +98,21 @@ def _run_prefix_onnx(model: StagedNet, stop: int, sample: torch.Tensor, threads:
     return run
 
 
-def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views: int, cache_dir: Path,
-                   batch_size: int = 64, num_workers: int = 2, device: torch.device | None = None,
-                   seed: int = 0, threads: int = 0, progress: bool = True,
-                   progress_callback: Any = None) -> FeatureCache:
+def cache_features(
+    model: StagedNet,
+    stop: int,
+    dataset: PhotoDataset,
+    *,
+    views: int,
+    cache_dir: Path,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: torch.device | None = None,
+    seed: int = 0,
+    threads: int = 0,
+    progress: bool = True,
+    progress_callback: Any = None,
+) -> FeatureCache:
     """Run ``model.stages[:stop]`` over ``views`` passes of ``dataset`` and store the outputs.
 
     Args:
@@ -114,9 +132,16 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
 
     device = device or torch.device("cpu")
     describe = getattr(dataset.transform, "describe", lambda: repr(dataset.transform))()
-    key_doc = {"architecture": model.architecture, "stop": stop, "prefix": prefix_digest(model, stop),
-               "transform": describe, "data": data_fingerprint(dataset.samples), "views": views, "seed": seed,
-               "version": 1}
+    key_doc = {
+        "architecture": model.architecture,
+        "stop": stop,
+        "prefix": prefix_digest(model, stop),
+        "transform": describe,
+        "data": data_fingerprint(dataset.samples),
+        "views": views,
+        "seed": seed,
+        "version": 1,
+    }
     if dataset.min_side is not None:
         key_doc["min_side"] = dataset.min_side
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -125,9 +150,15 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
     if (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text())
         logger.info("reusing feature cache %s (%d photos x %d views)", folder, n, views)
-        return FeatureCache(np.load(folder / "feats.npy", mmap_mode="r"), np.load(folder / "labels.npy"),
-                            np.load(folder / "ok.npy"), views, folder, meta.get("images_per_second", 0.0),
-                            reused=True)
+        return FeatureCache(
+            np.load(folder / "feats.npy", mmap_mode="r"),
+            np.load(folder / "labels.npy"),
+            np.load(folder / "ok.npy"),
+            views,
+            folder,
+            meta.get("images_per_second", 0.0),
+            reused=True,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     labels = np.array([dataset.class_index[s.label] for s in dataset.samples], dtype=np.int64)
@@ -146,9 +177,16 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
 
             dataset.transform.rng = random.Random(seed + v)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            collate_fn=collate_skip_none, worker_init_fn=worker_init_fn, generator=generator,
-            pin_memory=device.type == "cuda", persistent_workers=False)
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_skip_none,
+            worker_init_fn=worker_init_fn,
+            generator=generator,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
         for batch in loader:
             if batch is None:
                 continue
@@ -161,8 +199,9 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
                 with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
                     out = model.forward_until(x.to(device, non_blocking=True), stop).float().cpu().numpy()
             if feats is None:
-                feats = np.lib.format.open_memmap(folder / "feats.tmp.npy", mode="w+", dtype=np.float16,
-                                                  shape=(total, *out.shape[1:]))
+                feats = np.lib.format.open_memmap(
+                    folder / "feats.tmp.npy", mode="w+", dtype=np.float16, shape=(total, *out.shape[1:])
+                )
             rows = v * n + idx.numpy()
             feats[rows] = out.astype(np.float16)
             ok[idx.numpy()] = True
@@ -180,8 +219,9 @@ def cache_features(model: StagedNet, stop: int, dataset: PhotoDataset, *, views:
     np.save(folder / "labels.npy", labels)
     np.save(folder / "ok.npy", ok)
     ips = done / max(elapsed, 1e-9)
-    (folder / "meta.json").write_text(json.dumps({**key_doc, "n": n, "images_per_second": ips,
-                                                  "seconds": elapsed}, indent=2, default=str))
+    (folder / "meta.json").write_text(
+        json.dumps({**key_doc, "n": n, "images_per_second": ips, "seconds": elapsed}, indent=2, default=str)
+    )
     logger.info("cached %d views in %.1fs (%.1f images/s) -> %s", done, elapsed, ips, folder)
     return FeatureCache(np.load(folder / "feats.npy", mmap_mode="r"), labels, ok, views, folder, ips)
 
@@ -199,9 +239,18 @@ class CachedLoader:
         in_memory: load the cache into RAM as float16 once (fast batches).
     """
 
-    def __init__(self, cache: FeatureCache, batch_size: int, *, shuffle: bool = False,
-                 weights: Sequence[float] | None = None, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 in_memory: bool = True) -> None:
+    def __init__(
+        self,
+        cache: FeatureCache,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        weights: Sequence[float] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        in_memory: bool = True,
+    ) -> None:
         self.cache = cache
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -209,7 +258,7 @@ class CachedLoader:
         self.rank, self.world_size = rank, world_size
         self.seed = seed
         self.epoch = 0
-        self.feats = torch.from_numpy(np.ascontiguousarray(cache.feats)) if in_memory else None
+        self.feats = torch.from_numpy(np.array(cache.feats)) if in_memory else None
         self.labels = torch.from_numpy(cache.labels)
         self.indices = torch.from_numpy(np.flatnonzero(cache.ok))
         self.dataset = self  # lets callers treat it like a DataLoader
@@ -230,7 +279,7 @@ class CachedLoader:
             order = idx
         per_rank = -(-len(order) // self.world_size)
         order = torch.cat([order, order[: per_rank * self.world_size - len(order)]])  # even shards
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         per_rank = -(-len(self.indices) // self.world_size)
@@ -239,12 +288,15 @@ class CachedLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
         g = torch.Generator().manual_seed(self.seed + 104729 * self.epoch + 1)
-        views = torch.randint(0, self.cache.views, (len(order),), generator=g) if self.shuffle or \
-            self.weights is not None else torch.zeros(len(order), dtype=torch.long)
+        views = (
+            torch.randint(0, self.cache.views, (len(order),), generator=g)
+            if self.shuffle or self.weights is not None
+            else torch.zeros(len(order), dtype=torch.long)
+        )
         n = self.cache.n
         for start in range(0, len(order), self.batch_size):
-            photos = order[start:start + self.batch_size]
-            rows = views[start:start + self.batch_size] * n + photos
+            photos = order[start : start + self.batch_size]
+            rows = views[start : start + self.batch_size] * n + photos
             if self.feats is not None:
                 x = self.feats[rows].float()
             else:

@@ -14,13 +14,15 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def run_training(config: dict[str, Any], progress_callback: Callable[[dict[str, Any]], None] | None = None
-                 ) -> dict[str, Any]:
+def run_training(
+    config: dict[str, Any], progress_callback: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Train, calibrate, export and evaluate a model; return a JSON-serialisable summary.
 
     Args:
         config: :class:`training.pipeline.TrainConfig` fields, e.g. ``{"data": "export.csv", "out": "runs/7",
-            "name": "lepidoptera100", "version": "8", "export_dir": "models/lepidoptera100/8"}``. Progress bars
+            "name": "lepidoptera100", "version": "8", "export_dir": "models/lepidoptera100/8"}``.
+            Progress bars
             are off unless the config turns them on.
         progress_callback: receives ``{"stage", "progress" (0..1), "message", ...}`` events.
 

@@ -12,8 +12,14 @@ from torch import nn
 from service.modelcard import LabelTaxon
 
 
-def smoothing_matrix(classes: Sequence[str], epsilon: float, taxonomy: Mapping[str, LabelTaxon] | None = None,
-                     *, genus_share: float = 0.5, family_share: float = 0.3) -> np.ndarray:
+def smoothing_matrix(
+    classes: Sequence[str],
+    epsilon: float,
+    taxonomy: Mapping[str, LabelTaxon] | None = None,
+    *,
+    genus_share: float = 0.5,
+    family_share: float = 0.3,
+) -> np.ndarray:
     """Target distributions for label smoothing: row ``y`` is the soft target of class ``y``.
 
     Plain smoothing (no taxonomy) keeps ``1 - epsilon`` on the true class and spreads ``epsilon`` evenly
@@ -57,18 +63,23 @@ class SoftTargetCrossEntropy(nn.Module):
         super().__init__()
         self.register_buffer("targets", torch.as_tensor(targets, dtype=torch.float32))
 
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         soft = self.targets[y]
         return -(soft * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
-def build_criterion(classes: Sequence[str], label_smoothing: float = 0.0,
-                    taxonomy: Mapping[str, LabelTaxon] | None = None, taxonomy_aware: bool = False) -> nn.Module:
+def build_criterion(
+    classes: Sequence[str],
+    label_smoothing: float = 0.0,
+    taxonomy: Mapping[str, LabelTaxon] | None = None,
+    taxonomy_aware: bool = False,
+) -> nn.Module:
     """Cross-entropy, with plain or taxonomy-aware label smoothing."""
     if label_smoothing <= 0:
         return nn.CrossEntropyLoss()
-    return SoftTargetCrossEntropy(smoothing_matrix(classes, label_smoothing,
-                                                   taxonomy if taxonomy_aware else None))
+    return SoftTargetCrossEntropy(
+        smoothing_matrix(classes, label_smoothing, taxonomy if taxonomy_aware else None)
+    )
 
 
 def balanced_weights(targets: Sequence[int]) -> list[float]:

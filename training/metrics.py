@@ -59,8 +59,9 @@ def confusion_matrix(preds: np.ndarray, targets: np.ndarray, num_classes: int) -
     return cm
 
 
-def per_class_prf(preds: np.ndarray, targets: np.ndarray, num_classes: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def per_class_prf(
+    preds: np.ndarray, targets: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall, F1 and support per class (0 where undefined)."""
     cm = confusion_matrix(preds, targets, num_classes)
     tp = np.diag(cm).astype(np.float64)
@@ -110,14 +111,25 @@ def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = 15) -
     out = []
     for b in range(n_bins):
         mask = bins == b
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(mask.sum()),
-                    "confidence": float(conf[mask].mean()) if mask.any() else 0.0,
-                    "accuracy": float(correct[mask].mean()) if mask.any() else 0.0})
+        out.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "count": int(mask.sum()),
+                "confidence": float(conf[mask].mean()) if mask.any() else 0.0,
+                "accuracy": float(correct[mask].mean()) if mask.any() else 0.0,
+            }
+        )
     return out
 
 
-def rank_accuracy(preds: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                  taxonomy: Mapping[str, LabelTaxon], rank: str) -> float | None:
+def rank_accuracy(
+    preds: np.ndarray,
+    targets: np.ndarray,
+    classes: Sequence[str],
+    taxonomy: Mapping[str, LabelTaxon],
+    rank: str,
+) -> float | None:
     """Accuracy at a coarser rank (genus, family): the predicted label's taxon at that rank is the true one's.
 
     Photos whose true label has no known taxon at that rank are left out; None when none is left.
@@ -130,9 +142,14 @@ def rank_accuracy(preds: np.ndarray, targets: np.ndarray, classes: Sequence[str]
     return float(np.mean(hits))
 
 
-def compute_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[str],
-                    taxonomy: Mapping[str, LabelTaxon] | None = None, temperature: float = 1.0,
-                    probs: np.ndarray | None = None) -> dict[str, Any]:
+def compute_metrics(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    classes: Sequence[str],
+    taxonomy: Mapping[str, LabelTaxon] | None = None,
+    temperature: float = 1.0,
+    probs: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Every metric of the evaluation report.
 
     Args:
@@ -155,7 +172,7 @@ def compute_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[s
     else:
         nll_value = nll(logits, targets, temperature)
     return {
-        "n": int(len(targets)),
+        "n": len(targets),
         "top1": topk_accuracy(probs, targets, 1),
         "top3": topk_accuracy(probs, targets, 3),
         "top5": topk_accuracy(probs, targets, 5),
@@ -167,8 +184,12 @@ def compute_metrics(logits: np.ndarray, targets: np.ndarray, classes: Sequence[s
         "genus_accuracy": rank_accuracy(preds, targets, classes, taxonomy, "genus"),
         "family_accuracy": rank_accuracy(preds, targets, classes, taxonomy, "family"),
         "per_class": {
-            classes[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                         "support": int(support[i])}
+            classes[i]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i in range(c)
         },
     }

@@ -32,7 +32,14 @@ from service.preprocess import decode_min_side
 from training import backbones
 from training.calibration import calibrate
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import LabelledData, PhotoDataset, collate_skip_none, data_fingerprint, group_split, load_data
+from training.data import (
+    LabelledData,
+    PhotoDataset,
+    collate_skip_none,
+    data_fingerprint,
+    group_split,
+    load_data,
+)
 from training.engine import (
     DistInfo,
     build_optimizer,
@@ -115,8 +122,14 @@ class TrainConfig:
 
 def _code_revision() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+            check=False,
+        )
         return out.stdout.strip() or None
     except Exception:
         return None
@@ -126,7 +139,9 @@ def input_spec_for(config: TrainConfig) -> InputSpec:
     """The card's input spec from the config (the architecture's pretraining size by default)."""
     size = config.input_size or backbones.default_input_size(config.backbone)
     resize = config.resize or (round(size * 256 / 224) if config.resize_mode == "shorter" else size)
-    return InputSpec(size=size, resize=resize, resize_mode=config.resize_mode, interpolation=config.interpolation)
+    return InputSpec(
+        size=size, resize=resize, resize_mode=config.resize_mode, interpolation=config.interpolation
+    )
 
 
 class _Suffix(nn.Module):
@@ -137,7 +152,7 @@ class _Suffix(nn.Module):
         self.model = model
         self.start = start
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_from(x, self.start)
 
 
@@ -195,11 +210,14 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
 
-    # -- data ----------------------------------------------------------------------------------------------
+    # -- data ------------------------------------------------------------------------------------------
     report("data", 0.0, f"reading {config.data}")
-    data: LabelledData = load_data(Path(config.data), valid=Path(config.valid) if config.valid else None,
-                                   image_root=Path(config.image_root) if config.image_root else None,
-                                   taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None)
+    data: LabelledData = load_data(
+        Path(config.data),
+        valid=Path(config.valid) if config.valid else None,
+        image_root=Path(config.image_root) if config.image_root else None,
+        taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
+    )
     train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
     eval_split = "test" if data.splits.get("test") else "valid" if data.splits.get("valid") else None
     eval_samples = data.splits[eval_split] if eval_split else held
@@ -211,14 +229,24 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     if not held:
         raise ValueError("the held-out slice is empty; raise --holdout or add photos")
     classes, ci = data.classes, data.class_index
-    report("data", 0.02, f"{len(classes)} classes; {len(train_samples)} training, {len(held)} held-out, "
-                         f"{len(eval_samples)} evaluation ({eval_split or 'held-out'}) photos",
-           problems=data.report.lines())
+    report(
+        "data",
+        0.02,
+        f"{len(classes)} classes; {len(train_samples)} training, {len(held)} held-out, "
+        f"{len(eval_samples)} evaluation ({eval_split or 'held-out'}) photos",
+        problems=data.report.lines(),
+    )
 
-    # -- model ---------------------------------------------------------------------------------------------
+    # -- model -----------------------------------------------------------------------------------------
     spec = input_spec_for(config)
-    model = backbones.create_model(config.backbone, len(classes), pretrained=config.pretrained,
-                                   weights=config.weights, input_size=spec.size, dropout=config.dropout)
+    model = backbones.create_model(
+        config.backbone,
+        len(classes),
+        pretrained=config.pretrained,
+        weights=config.weights,
+        input_size=spec.size,
+        dropout=config.dropout,
+    )
     start = model.split_index(config.mode, config.trainable_stages)
     model.freeze_before(start)
     model.to(device)
@@ -231,8 +259,14 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     cache_dir = Path(config.cache_dir) if config.cache_dir else run / "cache"
     timings: dict[str, float] = {}
 
-    def photo_loader(samples: list[Any], transform: Any, *, shuffle: bool, sample_weights: Any = None,
-                     drop_last: bool = False) -> torch.utils.data.DataLoader:
+    def photo_loader(
+        samples: list[Any],
+        transform: Any,
+        *,
+        shuffle: bool,
+        sample_weights: Any = None,
+        drop_last: bool = False,
+    ) -> torch.utils.data.DataLoader:
         # Training views decode at full size (random crops may zoom in); evaluation as the service does.
         min_side = eval_min_side if isinstance(transform, EvalTransform) else None
         dataset = PhotoDataset(samples, ci, transform, min_side=min_side)
@@ -240,58 +274,100 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         if sample_weights is not None:
             sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(samples), replacement=True)
         elif dist.distributed and shuffle:
-            sampler = torch.utils.data.distributed.DistributedSampler(dataset, dist.world_size, dist.rank,
-                                                                      shuffle=True, seed=config.seed)
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                dataset, dist.world_size, dist.rank, shuffle=True, seed=config.seed
+            )
         return torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=config.workers, collate_fn=collate_skip_none, worker_init_fn=worker_init_fn,
-            pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=config.workers > 0)
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=config.workers,
+            collate_fn=collate_skip_none,
+            worker_init_fn=worker_init_fn,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=config.workers > 0,
+        )
 
     if cached:
-        report("cache", 0.03, f"caching stage-{start} activations: {config.views} views x "
-                              f"{len(train_samples)} photos")
+        report(
+            "cache",
+            0.03,
+            f"caching stage-{start} activations: {config.views} views x {len(train_samples)} photos",
+        )
         t0 = time.perf_counter()
-        cb = (lambda done, total: report("cache", 0.03 + 0.4 * done / total, f"{done}/{total} views")
-              ) if progress_callback else None
+        cb = (
+            (lambda done, total: report("cache", 0.03 + 0.4 * done / total, f"{done}/{total} views"))
+            if progress_callback
+            else None
+        )
         caches = {}
         # Rank 0 builds the caches; the other processes wait, then reuse them (same keys).
         if dist.distributed and not main:
             torch.distributed.barrier()
-        for key, samples, tf, views in (("train", train_samples, train_tf, config.views),
-                                         ("held", held, eval_tf, 1),
-                                         ("eval", eval_samples, eval_tf, 1),
-                                         ("calib", calib_samples, eval_tf, 1)):
+        for key, samples, tf, views in (
+            ("train", train_samples, train_tf, config.views),
+            ("held", held, eval_tf, 1),
+            ("eval", eval_samples, eval_tf, 1),
+            ("calib", calib_samples, eval_tf, 1),
+        ):
             min_side = eval_min_side if isinstance(tf, EvalTransform) else None
-            caches[key] = cache_features(model, start, PhotoDataset(samples, ci, tf, min_side=min_side),
-                                         views=views, cache_dir=cache_dir, batch_size=64,
-                                         num_workers=config.workers, device=device, seed=config.seed,
-                                         threads=config.threads, progress=progress, progress_callback=cb)
+            caches[key] = cache_features(
+                model,
+                start,
+                PhotoDataset(samples, ci, tf, min_side=min_side),
+                views=views,
+                cache_dir=cache_dir,
+                batch_size=64,
+                num_workers=config.workers,
+                device=device,
+                seed=config.seed,
+                threads=config.threads,
+                progress=progress,
+                progress_callback=cb,
+            )
         if dist.distributed and main:
             torch.distributed.barrier()
         timings["cache_seconds"] = time.perf_counter() - t0
         timings["cache_images_per_second"] = caches["train"].images_per_second
         net: nn.Module = _Suffix(model, start).to(device)
-        train_loader: Any = CachedLoader(caches["train"], config.batch_size, shuffle=True, weights=weights,
-                                         rank=dist.rank, world_size=dist.world_size, seed=config.seed)
+        train_loader: Any = CachedLoader(
+            caches["train"],
+            config.batch_size,
+            shuffle=True,
+            weights=weights,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            seed=config.seed,
+        )
         held_loader: Any = CachedLoader(caches["held"], 256)
     else:
         net = model
-        train_loader = photo_loader(train_samples, train_tf, shuffle=True, sample_weights=weights,
-                                    drop_last=len(train_samples) > config.batch_size)
+        train_loader = photo_loader(
+            train_samples,
+            train_tf,
+            shuffle=True,
+            sample_weights=weights,
+            drop_last=len(train_samples) > config.batch_size,
+        )
         held_loader = photo_loader(held, eval_tf, shuffle=False)
 
     ddp_net: nn.Module = net
     if dist.distributed:
         ddp_net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    criterion = build_criterion(classes, config.label_smoothing, data.taxonomy,
-                                config.taxonomy_smoothing).to(device)
+    criterion = build_criterion(classes, config.label_smoothing, data.taxonomy, config.taxonomy_smoothing).to(
+        device
+    )
     optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch)))
+        optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    )
     scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
 
     history: list[dict[str, Any]] = []
@@ -318,33 +394,64 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             break
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        elif isinstance(getattr(train_loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+        elif isinstance(
+            getattr(train_loader, "sampler", None), torch.utils.data.distributed.DistributedSampler
+        ):
             train_loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_net, train_loader, criterion, optimizer, device=device, scheduler=scheduler,
-                                scaler=scaler, max_grad_norm=config.max_grad_norm, progress=progress,
-                                desc=f"epoch {epoch + 1}/{config.epochs}")
+        stats = train_one_epoch(
+            ddp_net,
+            train_loader,
+            criterion,
+            optimizer,
+            device=device,
+            scheduler=scheduler,
+            scaler=scaler,
+            max_grad_norm=config.max_grad_norm,
+            progress=progress,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+        )
         logits, y, _ = evaluate(net, held_loader, device=device, amp=config.amp)
         held_nll = nll_metric(logits, y)
         held_acc = float((logits.argmax(1) == y).mean())
         improved = held_nll < best_nll - 1e-4
         best_nll, bad_epochs = (held_nll, 0) if improved else (best_nll, bad_epochs + 1)
-        row = {"epoch": epoch + 1, "train_loss": round(stats["loss"], 5),
-               "train_accuracy": round(stats["accuracy"], 5), "held_nll": round(held_nll, 5),
-               "held_accuracy": round(held_acc, 5), "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(stats["seconds"], 2), "images_per_second": round(stats["images_per_second"], 1)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(stats["loss"], 5),
+            "train_accuracy": round(stats["accuracy"], 5),
+            "held_nll": round(held_nll, 5),
+            "held_accuracy": round(held_acc, 5),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images": stats["images"],
+            "seconds": round(stats["seconds"], 2),
+            "images_per_second": round(stats["images_per_second"], 1),
+        }
         history.append(row)
         if main:
-            state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "best_nll": best_nll, "bad_epochs": bad_epochs, "history": history,
-                     "config": asdict(config), "classes": classes, "start_stage": start}
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None,
+                "best_nll": best_nll,
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "config": asdict(config),
+                "classes": classes,
+                "start_stage": start,
+            }
             save_checkpoint(last_ckpt, state)
             if improved:
                 save_checkpoint(best_ckpt, state)
             _write_history(run / "metrics.csv", history)
-        report("train", 0.45 + 0.4 * (epoch + 1) / config.epochs,
-               f"epoch {epoch + 1}: loss {stats['loss']:.3f}, held-out NLL {held_nll:.3f}, "
-               f"acc {held_acc:.3f} ({stats['images_per_second']:.0f} img/s)", epoch=epoch + 1)
+        report(
+            "train",
+            0.45 + 0.4 * (epoch + 1) / config.epochs,
+            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, held-out NLL {held_nll:.3f}, "
+            f"acc {held_acc:.3f} ({stats['images_per_second']:.0f} img/s)",
+            epoch=epoch + 1,
+        )
     else:
         stopped_early = bad_epochs >= config.patience and len(history) < config.epochs
     timings["train_seconds"] = time.perf_counter() - t_train
@@ -353,16 +460,21 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     if best_ckpt.is_file():
         model.load_state_dict(load_checkpoint(best_ckpt, map_location=device)["model"])
 
-    # -- class-balanced fine-tune of the classifier (iNat 2018 winners' last step) ---------------------------
+    # -- class-balanced fine-tune of the classifier (iNat 2018 winners' last step) ---------------------
     if config.balanced_finetune_epochs > 0 and main:
-        report("finetune", 0.86, f"class-balanced fine-tune of the classifier, "
-                                 f"{config.balanced_finetune_epochs} epoch(s)")
+        report(
+            "finetune",
+            0.86,
+            f"class-balanced fine-tune of the classifier, {config.balanced_finetune_epochs} epoch(s)",
+        )
         head_start = model.split_index("linear")
         model.freeze_before(head_start)
         balanced = balanced_weights(targets_train)
         if cached:
             # Run the cached suffix up to the pooled features once per view draw: cheap and exact.
-            ft_loader: Any = CachedLoader(caches["train"], config.batch_size, weights=balanced, seed=config.seed + 1)
+            ft_loader: Any = CachedLoader(
+                caches["train"], config.batch_size, weights=balanced, seed=config.seed + 1
+            )
             ft_net: nn.Module = _Suffix(model, start)
         else:
             ft_loader = photo_loader(train_samples, train_tf, shuffle=True, sample_weights=balanced)
@@ -371,49 +483,87 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         for e in range(config.balanced_finetune_epochs):
             if hasattr(ft_loader, "set_epoch"):
                 ft_loader.set_epoch(1000 + e)
-            train_one_epoch(ft_net, ft_loader, criterion, ft_opt, device=device, scaler=scaler,
-                            progress=progress, desc=f"balanced {e + 1}")
+            train_one_epoch(
+                ft_net,
+                ft_loader,
+                criterion,
+                ft_opt,
+                device=device,
+                scaler=scaler,
+                progress=progress,
+                desc=f"balanced {e + 1}",
+            )
         model.freeze_before(start)
 
     if not main:
         return {"rank": dist.rank}
 
-    # -- calibration on held-out photos ------------------------------------------------------------------------
-    report("calibrate", 0.88, f"temperature scaling on {'valid' if config.calibrate_on == 'valid' else 'held-out'}"
-                              " photos")
-    calib_loader = CachedLoader(caches["calib"], 256) if cached else photo_loader(calib_samples, eval_tf,
-                                                                                   shuffle=False)
+    # -- calibration on held-out photos ----------------------------------------------------------------
+    report(
+        "calibrate",
+        0.88,
+        f"temperature scaling on {'valid' if config.calibrate_on == 'valid' else 'held-out'} photos",
+    )
+    calib_loader = (
+        CachedLoader(caches["calib"], 256) if cached else photo_loader(calib_samples, eval_tf, shuffle=False)
+    )
     c_logits, c_y, _ = evaluate(net, calib_loader, device=device, amp=config.amp)
     calibration = calibrate(c_logits, c_y, ood_percentile=config.ood_percentile)
-    report("calibrate", 0.9, f"T = {calibration['temperature']:.3f}; ECE {calibration['ece_before']:.4f} -> "
-                             f"{calibration['ece_after']:.4f}")
+    report(
+        "calibrate",
+        0.9,
+        f"T = {calibration['temperature']:.3f}; ECE {calibration['ece_before']:.4f} -> "
+        f"{calibration['ece_after']:.4f}",
+    )
 
-    # -- card, torch weights ------------------------------------------------------------------------------------
+    # -- card, torch weights ---------------------------------------------------------------------------
     model.eval().cpu()
     version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     all_photos = [s for split in data.splits.values() for s in split]
     card = ModelCard(
-        name=config.name, version=version, architecture=model.architecture, input=spec, labels=classes,
+        name=config.name,
+        version=version,
+        architecture=model.architecture,
+        input=spec,
+        labels=classes,
         taxonomy=data.taxonomy,
-        calibration=Calibration(temperature=calibration["temperature"],
-                                ood_energy_threshold=calibration["ood_energy_threshold"],
-                                ece_before=calibration["ece_before"], ece_after=calibration["ece_after"]),
+        calibration=Calibration(
+            temperature=calibration["temperature"],
+            ood_energy_threshold=calibration["ood_energy_threshold"],
+            ece_before=calibration["ece_before"],
+            ece_after=calibration["ece_after"],
+        ),
         training={
-            "data_source": data.source, "data_hash": data_fingerprint(all_photos),
-            "train_photos": len(train_samples), "heldout_photos": len(held),
-            "evaluation_split": eval_split or "held-out", "evaluation_photos": len(eval_samples),
+            "data_source": data.source,
+            "data_hash": data_fingerprint(all_photos),
+            "train_photos": len(train_samples),
+            "heldout_photos": len(held),
+            "evaluation_split": eval_split or "held-out",
+            "evaluation_photos": len(eval_samples),
             "calibrated_on": "valid" if config.calibrate_on == "valid" else "held-out slice of train",
-            "ood_percentile": config.ood_percentile, "config": asdict(config),
-            "code_revision": _code_revision(), "torch": torch.__version__, "python": platform.python_version(),
-            "epochs_run": len(history), "stopped_early": stopped_early, "data_problems": data.report.as_dict(),
+            "ood_percentile": config.ood_percentile,
+            "config": asdict(config),
+            "code_revision": _code_revision(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "epochs_run": len(history),
+            "stopped_early": stopped_early,
+            "data_problems": data.report.as_dict(),
             "calibration_nll": {"before": calibration["nll_before"], "after": calibration["nll_after"]},
         },
     )
-    save_checkpoint(run / "model.pt", {"model": model.state_dict(), "card": card.model_dump(mode="json"),
-                                       "backbone": config.backbone, "dropout": config.dropout})
+    save_checkpoint(
+        run / "model.pt",
+        {
+            "model": model.state_dict(),
+            "card": card.model_dump(mode="json"),
+            "backbone": config.backbone,
+            "dropout": config.dropout,
+        },
+    )
     timings["total_before_export_seconds"] = time.perf_counter() - t_start
 
-    # -- export + evaluation of the exported model -----------------------------------------------------------------
+    # -- export + evaluation of the exported model -----------------------------------------------------
     from training.evaluation import evaluate_model_dir
     from training.export import export_model, write_card
     from training.report import write_report
@@ -421,22 +571,47 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     export_dir = Path(config.export_dir) if config.export_dir else run / "export" / config.name / version
     report("export", 0.92, f"exporting to {export_dir}")
     parity = [_open_rgb(s.path) for s in eval_samples[:: max(1, len(eval_samples) // 8)][:8]]
-    result = export_model(model, card, export_dir, photos=[p for p in parity if p is not None],
-                          fp16=config.export_fp16, int8=config.export_int8,
-                          calibration_photos=[p for p in (_open_rgb(s.path) for s in held[:64]) if p is not None],
-                          overwrite=True)
+    result = export_model(
+        model,
+        card,
+        export_dir,
+        photos=[p for p in parity if p is not None],
+        fp16=config.export_fp16,
+        int8=config.export_int8,
+        calibration_photos=[p for p in (_open_rgb(s.path) for s in held[:64]) if p is not None],
+        overwrite=True,
+    )
     report("evaluate", 0.95, f"evaluating the exported model on {len(eval_samples)} photos")
     evaluation = evaluate_model_dir(export_dir, eval_samples, classes, tta=config.tta, progress=progress)
     metrics = evaluation["metrics"]
     variants = {}
     for kind, path in result.variants.items():
         v = evaluate_model_dir(export_dir, eval_samples, classes, onnx_file=path.name, progress=progress)
-        variants[kind] = {"file": path.name, "size_bytes": path.stat().st_size, "top1": v["metrics"]["top1"],
-                          "top3": v["metrics"]["top3"], "ece": v["metrics"]["ece"],
-                          "images_per_second": v["timing"]["images_per_second"]}
+        variants[kind] = {
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "top1": v["metrics"]["top1"],
+            "top3": v["metrics"]["top3"],
+            "ece": v["metrics"]["ece"],
+            "images_per_second": v["timing"]["images_per_second"],
+        }
     timings["total_seconds"] = time.perf_counter() - t_start
-    card.metrics = {k: metrics[k] for k in ("n", "top1", "top3", "top5", "nll", "macro_f1", "f1a", "mrr", "ece",
-                                            "genus_accuracy", "family_accuracy")}
+    card.metrics = {
+        k: metrics[k]
+        for k in (
+            "n",
+            "top1",
+            "top3",
+            "top5",
+            "nll",
+            "macro_f1",
+            "f1a",
+            "mrr",
+            "ece",
+            "genus_accuracy",
+            "family_accuracy",
+        )
+    }
     card.metrics["evaluation_split"] = eval_split or "held-out"
     card.metrics["per_class"] = metrics["per_class"]
     if "tta" in evaluation:
@@ -446,20 +621,49 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     card.training["timings"] = {k: round(v, 2) for k, v in timings.items()}
     card.training["parity_max_prob_diff"] = result.max_prob_diff
     write_card(export_dir, card)
-    write_report(export_dir, card=card, evaluation=evaluation, history=history, calibration=calibration,
-                 timings=timings, variants=variants, problems=data.report.lines())
+    write_report(
+        export_dir,
+        card=card,
+        evaluation=evaluation,
+        history=history,
+        calibration=calibration,
+        timings=timings,
+        variants=variants,
+        problems=data.report.lines(),
+    )
     if history:
         from training.report import plot_curves
 
         plot_curves(history, run / "curves.png")
-    (run / "summary.json").write_text(json.dumps({"export": str(export_dir), "metrics": card.metrics,
-                                                  "calibration": calibration, "timings": timings},
-                                                 indent=2, default=str))
-    report("done", 1.0, f"top-1 {metrics['top1']:.4f}, top-3 {metrics['top3']:.4f}, F1a {metrics['f1a']:.3f}, "
-                        f"ECE {metrics['ece']:.4f} on {len(eval_samples)} photos; model at {export_dir}")
-    return {"run": str(run), "export": str(export_dir), "name": config.name, "version": version,
-            "metrics": {k: v for k, v in card.metrics.items() if k != "per_class"}, "calibration": calibration,
-            "timings": timings, "history": history, "data_problems": data.report.lines()}
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "export": str(export_dir),
+                "metrics": card.metrics,
+                "calibration": calibration,
+                "timings": timings,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    report(
+        "done",
+        1.0,
+        f"top-1 {metrics['top1']:.4f}, top-3 {metrics['top3']:.4f}, F1a {metrics['f1a']:.3f}, "
+        f"ECE {metrics['ece']:.4f} on {len(eval_samples)} photos; model at {export_dir}",
+    )
+    return {
+        "run": str(run),
+        "export": str(export_dir),
+        "name": config.name,
+        "version": version,
+        "metrics": {k: v for k, v in card.metrics.items() if k != "per_class"},
+        "calibration": calibration,
+        "timings": timings,
+        "history": history,
+        "data_problems": data.report.lines(),
+    }
 
 
 def _open_rgb(path: Path) -> Any:

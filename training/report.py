@@ -46,13 +46,20 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: Path) -> Path:
     return path
 
 
-def plot_reliability(bins_before: list[dict[str, float]], bins_after: list[dict[str, float]], path: Path,
-                     ece_before: float, ece_after: float) -> Path:
+def plot_reliability(
+    bins_before: list[dict[str, float]],
+    bins_after: list[dict[str, float]],
+    path: Path,
+    ece_before: float,
+    ece_after: float,
+) -> Path:
     """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
-    for ax, bins, title in ((axes[0], bins_before, f"T = 1 (ECE {ece_before:.3f})"),
-                            (axes[1], bins_after, f"calibrated (ECE {ece_after:.3f})")):
+    for ax, bins, title in (
+        (axes[0], bins_before, f"T = 1 (ECE {ece_before:.3f})"),
+        (axes[1], bins_after, f"calibrated (ECE {ece_after:.3f})"),
+    ):
         centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
         width = bins[0]["hi"] - bins[0]["lo"]
         acc = [b["accuracy"] if b["count"] else 0 for b in bins]
@@ -97,10 +104,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(folder: Path, *, card: ModelCard, evaluation: dict[str, Any],
-                 history: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None,
-                 timings: dict[str, float] | None = None, variants: dict[str, Any] | None = None,
-                 problems: list[str] | None = None) -> dict[str, Path]:
+def write_report(
+    folder: Path,
+    *,
+    card: ModelCard,
+    evaluation: dict[str, Any],
+    history: list[dict[str, Any]] | None = None,
+    calibration: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+    variants: dict[str, Any] | None = None,
+    problems: list[str] | None = None,
+) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``confusion.png`` and ``reliability.png`` into ``folder``.
 
     Args:
@@ -122,17 +136,29 @@ def write_report(folder: Path, *, card: ModelCard, evaluation: dict[str, Any],
     cm = confusion_matrix(softmax(logits, t).argmax(1), y, len(labels))
     paths = {"confusion": plot_confusion(cm, labels, folder / "confusion.png")}
     before, after = reliability_bins(softmax(logits), y), reliability_bins(softmax(logits, t), y)
-    paths["reliability"] = plot_reliability(before, after, folder / "reliability.png",
-                                            m.get("ece_uncalibrated", float("nan")), m["ece"])
+    paths["reliability"] = plot_reliability(
+        before, after, folder / "reliability.png", m.get("ece_uncalibrated", float("nan")), m["ece"]
+    )
     doc = {
-        "model": {"name": card.name, "version": card.version, "architecture": card.architecture,
-                  "input": card.input.model_dump(), "labels": len(labels)},
+        "model": {
+            "name": card.name,
+            "version": card.version,
+            "architecture": card.architecture,
+            "input": card.input.model_dump(),
+            "labels": len(labels),
+        },
         "metrics": {k: v for k, v in m.items() if k != "per_class"},
         "per_class": m["per_class"],
         "calibration": calibration or card.calibration.model_dump(),
         "timing": {"test": evaluation["timing"], **(timings or {})},
-        "tta": ({"metrics": {k: v for k, v in evaluation["tta"]["metrics"].items() if k != "per_class"},
-                 **{k: v for k, v in evaluation["tta"].items() if k != "metrics"}} if "tta" in evaluation else None),
+        "tta": (
+            {
+                "metrics": {k: v for k, v in evaluation["tta"]["metrics"].items() if k != "per_class"},
+                **{k: v for k, v in evaluation["tta"].items() if k != "metrics"},
+            }
+            if "tta" in evaluation
+            else None
+        ),
         "variants": variants or {},
         "skipped": evaluation.get("skipped", {}),
         "data_problems": problems or [],
@@ -150,62 +176,116 @@ def _top_confusions(cm: np.ndarray, labels: Sequence[str], n: int = 15) -> list[
     off = cm.copy()
     np.fill_diagonal(off, 0)
     idx = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0][:n]
-    return [{"true": labels[i], "predicted": labels[j], "count": int(off[i, j])} for i, j in idx if off[i, j] > 0]
+    return [
+        {"true": labels[i], "predicted": labels[j], "count": int(off[i, j])} for i, j in idx if off[i, j] > 0
+    ]
 
 
 def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
     m, timing = doc["metrics"], doc["timing"]
-    lines = [f"# {card.name} {card.version}: evaluation report", "",
-             f"Architecture `{card.architecture}`, input {card.input.size} px "
-             f"(`resize_mode={card.input.resize_mode}`), {len(card.labels)} labels. "
-             f"Evaluated on {m['n']} photos ({card.metrics.get('evaluation_split', 'evaluation split')}) through "
-             "the service's decoding, preprocessing and ONNX Runtime classifier, with the card's temperature.", "",
-             "| metric | value |", "|---|---|"]
-    for key in ("top1", "top3", "top5", "nll", "macro_f1", "f1a", "mrr", "ece", "ece_uncalibrated",
-                "genus_accuracy", "family_accuracy"):
+    lines = [
+        f"# {card.name} {card.version}: evaluation report",
+        "",
+        f"Architecture `{card.architecture}`, input {card.input.size} px "
+        f"(`resize_mode={card.input.resize_mode}`), {len(card.labels)} labels. "
+        f"Evaluated on {m['n']} photos ({card.metrics.get('evaluation_split', 'evaluation split')}) through "
+        "the service's decoding, preprocessing and ONNX Runtime classifier, with the card's temperature.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "top1",
+        "top3",
+        "top5",
+        "nll",
+        "macro_f1",
+        "f1a",
+        "mrr",
+        "ece",
+        "ece_uncalibrated",
+        "genus_accuracy",
+        "family_accuracy",
+    ):
         lines.append(f"| {key} | {_fmt(m.get(key))} |")
     cal = doc["calibration"] or {}
-    lines += ["", "## Calibration", "",
-              f"Temperature {_fmt(cal.get('temperature'))}, fitted on {card.training.get('calibrated_on', '?')}. "
-              f"ECE there {_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after. "
-              f"OOD energy threshold {_fmt(cal.get('ood_energy_threshold'))} "
-              f"({card.training.get('ood_percentile', '?')}th percentile of held-out energy scores).", "",
-              "![reliability](reliability.png)", "", "## Timing", ""]
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        f"Temperature {_fmt(cal.get('temperature'))}, fitted on {card.training.get('calibrated_on', '?')}. "
+        f"ECE there {_fmt(cal.get('ece_before'))} before, {_fmt(cal.get('ece_after'))} after. "
+        f"OOD energy threshold {_fmt(cal.get('ood_energy_threshold'))} "
+        f"({card.training.get('ood_percentile', '?')}th percentile of held-out energy scores).",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "## Timing",
+        "",
+    ]
     test = timing["test"]
-    lines.append(f"- test: {test['images']} photos in {test['seconds']:.2f} s "
-                 f"({test['images_per_second']:.1f} images/s, ONNX Runtime CPU, batch 32; decoding "
-                 f"{test.get('decode_seconds', 0):.2f} s more)")
+    lines.append(
+        f"- test: {test['images']} photos in {test['seconds']:.2f} s "
+        f"({test['images_per_second']:.1f} images/s, ONNX Runtime CPU, batch 32; decoding "
+        f"{test.get('decode_seconds', 0):.2f} s more)"
+    )
     for key, value in timing.items():
         if key != "test":
             lines.append(f"- {key}: {value:.2f}" if isinstance(value, float) else f"- {key}: {value}")
     if doc.get("tta"):
         tta = doc["tta"]
-        lines += ["", "## Test-time augmentation", "",
-                  f"{tta['views_per_photo']} views per photo (whole frame, 4 corner and 1 centre crop, each "
-                  f"mirrored): top-1 {_fmt(tta['metrics']['top1'])}, top-3 {_fmt(tta['metrics']['top3'])}, "
-                  f"NLL {_fmt(tta['metrics']['nll'])}, ECE {_fmt(tta['metrics']['ece'])}; cost "
-                  f"{tta['cost_factor']:.1f}x the single-view time ({tta['images_per_second']:.1f} images/s)."]
+        lines += [
+            "",
+            "## Test-time augmentation",
+            "",
+            f"{tta['views_per_photo']} views per photo (whole frame, 4 corner and 1 centre crop, each "
+            f"mirrored): top-1 {_fmt(tta['metrics']['top1'])}, top-3 {_fmt(tta['metrics']['top3'])}, "
+            f"NLL {_fmt(tta['metrics']['nll'])}, ECE {_fmt(tta['metrics']['ece'])}; cost "
+            f"{tta['cost_factor']:.1f}x the single-view time ({tta['images_per_second']:.1f} images/s).",
+        ]
     if doc.get("variants"):
-        lines += ["", "## Quantized variants", "", "| file | size (MB) | top-1 | top-3 | ECE | images/s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Quantized variants",
+            "",
+            "| file | size (MB) | top-1 | top-3 | ECE | images/s |",
+            "|---|---|---|---|---|---|",
+        ]
         for kind, v in doc["variants"].items():
-            lines.append(f"| {v['file']} ({kind}) | {v['size_bytes'] / 1e6:.1f} | {_fmt(v['top1'])} | "
-                         f"{_fmt(v['top3'])} | {_fmt(v['ece'])} | {v['images_per_second']:.1f} |")
+            lines.append(
+                f"| {v['file']} ({kind}) | {v['size_bytes'] / 1e6:.1f} | {_fmt(v['top1'])} | "
+                f"{_fmt(v['top3'])} | {_fmt(v['ece'])} | {v['images_per_second']:.1f} |"
+            )
     if doc.get("data_problems"):
         lines += ["", "## Data problems", ""] + [f"- {p}" for p in doc["data_problems"]]
     if doc.get("history"):
-        lines += ["", "## Training curve", "", "| epoch | train loss | held-out NLL | held-out acc | s | img/s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Training curve",
+            "",
+            "| epoch | train loss | held-out NLL | held-out acc | s | img/s |",
+            "|---|---|---|---|---|---|",
+        ]
         for h in doc["history"]:
-            lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['held_nll']:.4f} | {h['held_accuracy']:.4f} "
-                         f"| {h['seconds']} | {h['images_per_second']} |")
+            lines.append(
+                f"| {h['epoch']} | {h['train_loss']:.4f} | {h['held_nll']:.4f} | {h['held_accuracy']:.4f} "
+                f"| {h['seconds']} | {h['images_per_second']} |"
+            )
     lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion.png)", ""]
     if doc["confusions"]:
-        lines += ["Most frequent confusions:", ""] + [f"- {c['true']} → {c['predicted']}: {c['count']}"
-                                                       for c in doc["confusions"]]
-    lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += ["Most frequent confusions:", ""] + [
+            f"- {c['true']} → {c['predicted']}: {c['count']}" for c in doc["confusions"]
+        ]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| label | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
     for label, row in doc["per_class"].items():
-        lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
-                     f"{row['support']} |")
+        lines.append(
+            f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+        )
     path.write_text("\n".join(lines) + "\n")
     return path

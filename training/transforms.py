@@ -1,4 +1,4 @@
-"""Image transforms: field-photo augmentations for training, and the service's own preprocessing for evaluation.
+"""Image transforms: field-photo augmentations for training, the service's preprocessing for evaluation.
 
 The evaluation transform *is* :func:`service.preprocess.preprocess` (wrapped into a tensor), so a model is
 evaluated on exactly the tensors the service will feed it. The training transform reuses the same geometric
@@ -63,8 +63,9 @@ class AugmentConfig:
     hue: float = 0.03
 
 
-def random_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-                    rng: random.Random) -> tuple[int, int, int, int]:
+def random_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> tuple[int, int, int, int]:
     """A random (left, top, right, bottom) box covering ``scale`` of the area with aspect ``ratio``."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -83,7 +84,7 @@ def random_crop_box(width: int, height: int, scale: tuple[float, float], ratio: 
 def _shift_hue(img: Image.Image, shift: float) -> Image.Image:
     hsv = img.convert("HSV")
     h, s, v = hsv.split()
-    offset = int(round(shift * 255)) % 256
+    offset = round(shift * 255) % 256
     h = h.point(lambda x: (x + offset) % 256)
     return Image.merge("HSV", (h, s, v)).convert("RGB")
 
@@ -105,9 +106,11 @@ class TrainTransform:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if rng.random() < cfg.vflip:
             img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        for enhancer, strength in ((ImageEnhance.Brightness, cfg.brightness),
-                                   (ImageEnhance.Contrast, cfg.contrast),
-                                   (ImageEnhance.Color, cfg.saturation)):
+        for enhancer, strength in (
+            (ImageEnhance.Brightness, cfg.brightness),
+            (ImageEnhance.Contrast, cfg.contrast),
+            (ImageEnhance.Color, cfg.saturation),
+        ):
             if strength > 0:
                 img = enhancer(img).enhance(rng.uniform(1 - strength, 1 + strength))
         if cfg.hue > 0:
@@ -116,7 +119,7 @@ class TrainTransform:
         if rng.random() < cfg.zoom_out:
             side = max(8, round(spec.size * rng.uniform(*cfg.zoom_out_scale)))
             small = view.resize((side, side), Image.Resampling.BILINEAR)
-            fill = tuple(int(round(m * 255)) for m in spec.mean)
+            fill = tuple(round(m * 255) for m in spec.mean)
             canvas = Image.new("RGB", (spec.size, spec.size), fill)  # type: ignore[arg-type]
             canvas.paste(small, (rng.randint(0, spec.size - side), rng.randint(0, spec.size - side)))
             view = canvas

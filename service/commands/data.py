@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     db = sub.add_parser("db", help="database schema migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.required = True
@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     imp = sub.add_parser("import", help="import reference data")
     i_sub = imp.add_subparsers(dest="import_command", metavar="WHAT")
     i_sub.required = True
-    p = i_sub.add_parser("taxonomy", help="load taxa from a CSV (label,scientific_name,common_name,genus,...)")
+    p = i_sub.add_parser(
+        "taxonomy", help="load taxa from a CSV (label,scientific_name,common_name,genus,...)"
+    )
     p.add_argument("file", type=Path)
     p.set_defaults(func=import_taxonomy)
 
@@ -160,7 +162,7 @@ def users_list(args: argparse.Namespace) -> int:
             print(f"{'id':>5}  {'role':<9}  {'active':<6}  {'keys (id:prefix, * = revoked)':<40}  name")
             for u in auth.list_users(session=session):
                 keys = " ".join(f"{k.id}:{k.prefix}{'*' if k.revoked_at else ''}" for k in u.keys)
-                print(f"{u.id:>5}  {u.role:<9}  {str(u.active):<6}  {keys:<40}  {u.name}")
+                print(f"{u.id:>5}  {u.role:<9}  {u.active!s:<6}  {keys:<40}  {u.name}")
     finally:
         engine.dispose()
     return 0

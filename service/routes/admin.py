@@ -29,12 +29,14 @@ def create_user(body: UserCreate, session: SessionDep, settings: SettingsDep) ->
 
 
 @router.get("/users", response_model=UsersPublic)
-def list_users(session: SessionDep, limit: int = Query(100, ge=1, le=1000),
-               offset: int = Query(0, ge=0)) -> UsersPublic:
+def list_users(
+    session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> UsersPublic:
     """All users with their keys (never the keys themselves)."""
     users = auth.list_users(session=session)
-    return UsersPublic(data=[UserPublic.model_validate(u) for u in users[offset:offset + limit]],
-                       count=len(users))
+    return UsersPublic(
+        data=[UserPublic.model_validate(u) for u in users[offset : offset + limit]], count=len(users)
+    )
 
 
 @router.get("/users/{user_id}", response_model=UserPublic)

@@ -15,13 +15,19 @@ from service import exports
 from service.auth import Role
 from service.deps import SessionDep, SettingsDep, require_role
 
-router = APIRouter(prefix="/admin/exports", tags=["exports"], dependencies=[Depends(require_role(Role.admin))])
+router = APIRouter(
+    prefix="/admin/exports", tags=["exports"], dependencies=[Depends(require_role(Role.admin))]
+)
 
 
-@router.get("/{kind}", response_class=FileResponse,
-            responses={200: {"content": {"application/zip": {}, "text/csv": {}}}})
-async def export_data(kind: Literal["dwca", "csv", "training"], session: SessionDep,
-                      settings: SettingsDep) -> FileResponse:
+@router.get(
+    "/{kind}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}, "text/csv": {}}}},
+)
+async def export_data(
+    kind: Literal["dwca", "csv", "training"], session: SessionDep, settings: SettingsDep
+) -> FileResponse:
     """Build and download an export: dwca (zip), csv, or the training manifest."""
     tmpdir = Path(tempfile.mkdtemp(prefix="pollinid-export-"))
     media_type, filename = exports.MEDIA_TYPES[kind]
@@ -31,8 +37,9 @@ async def export_data(kind: Literal["dwca", "csv", "training"], session: Session
     except BaseException:
         _cleanup(tmpdir)
         raise
-    return FileResponse(out, media_type=media_type, filename=filename,
-                        background=BackgroundTask(_cleanup, tmpdir))
+    return FileResponse(
+        out, media_type=media_type, filename=filename, background=BackgroundTask(_cleanup, tmpdir)
+    )
 
 
 def _cleanup(folder: Path) -> None:

@@ -11,20 +11,37 @@ from service.auth import ALL_ROLES
 from service.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.schemas.identifications import IdentificationCreate, IdentificationResult, IdentificationsPublic
 
-router = APIRouter(prefix="/observations/{observation_id}/identifications", tags=["identifications"],
-                   dependencies=[Depends(require_role(*ALL_ROLES))])
+router = APIRouter(
+    prefix="/observations/{observation_id}/identifications",
+    tags=["identifications"],
+    dependencies=[Depends(require_role(*ALL_ROLES))],
+)
 
 
 @router.post("", response_model=IdentificationResult, status_code=status.HTTP_201_CREATED)
-def create_identification(observation_id: int, body: IdentificationCreate, user: CurrentUser,
-                          session: SessionDep, settings: SettingsDep) -> Any:
+def create_identification(
+    observation_id: int,
+    body: IdentificationCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Any:
     """Identify an observation (agree, propose, cannot tell, not an insect); the consensus is updated."""
-    added = validation.add_identification(session, settings, user, observation_id, kind=body.kind,
-                                          taxon=body.taxon, comment=body.comment,
-                                          disagreement=body.disagreement)
+    added = validation.add_identification(
+        session,
+        settings,
+        user,
+        observation_id,
+        kind=body.kind,
+        taxon=body.taxon,
+        comment=body.comment,
+        disagreement=body.disagreement,
+    )
     session.commit()
-    return {"identification": validation.identification_public(session, [added.identification])[0],
-            "consensus": validation.consensus_public(session, added.observation)}
+    return {
+        "identification": validation.identification_public(session, [added.identification])[0],
+        "consensus": validation.consensus_public(session, added.observation),
+    }
 
 
 @router.get("", response_model=IdentificationsPublic)
@@ -35,10 +52,13 @@ def list_identifications(observation_id: int, user: CurrentUser, session: Sessio
 
 
 @router.post("/{identification_id}/withdraw", response_model=IdentificationResult)
-def withdraw_identification(observation_id: int, identification_id: int, user: CurrentUser,
-                            session: SessionDep, settings: SettingsDep) -> Any:
+def withdraw_identification(
+    observation_id: int, identification_id: int, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> Any:
     """Withdraw an identification (never deleted: it stays in the history)."""
     done = validation.withdraw_identification(session, settings, user, observation_id, identification_id)
     session.commit()
-    return {"identification": validation.identification_public(session, [done.identification])[0],
-            "consensus": validation.consensus_public(session, done.observation)}
+    return {
+        "identification": validation.identification_public(session, [done.identification])[0],
+        "consensus": validation.consensus_public(session, done.observation),
+    }

@@ -18,17 +18,24 @@ router = APIRouter(prefix="/media", tags=["media"], dependencies=[Depends(requir
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
-@router.get("/{sha256}", response_class=FileResponse,
-            responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
-                       304: {"description": "not modified (If-None-Match)"}})
-def read_media(sha256: str, request: Request, user: CurrentUser, session: SessionDep,
-               settings: SettingsDep) -> Response:
+@router.get(
+    "/{sha256}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
+        304: {"description": "not modified (If-None-Match)"},
+    },
+)
+def read_media(
+    sha256: str, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> Response:
     """A photo; volunteers get only the photos of their own observations."""
     sha256 = check_sha256(sha256)
     stmt = select(Photo.mime_type).where(Photo.sha256 == sha256)
     if not can_see_all(user):
         stmt = stmt.join(Observation, Observation.id == Photo.observation_id).where(
-            Observation.observer_id == user.id)
+            Observation.observer_id == user.id
+        )
     mime = session.scalars(stmt.limit(1)).first()
     path = media_file(settings.media_path, sha256)
     if mime is None or not path.is_file():

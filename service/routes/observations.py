@@ -25,8 +25,9 @@ from service.tables import Observation
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/observations", tags=["observations"],
-                   dependencies=[Depends(require_role(*ALL_ROLES))])
+router = APIRouter(
+    prefix="/observations", tags=["observations"], dependencies=[Depends(require_role(*ALL_ROLES))]
+)
 
 
 async def predict(request: Request, photos: list[UploadedPhoto]) -> PredictionFields | None:
@@ -37,8 +38,9 @@ async def predict(request: Request, photos: list[UploadedPhoto]) -> PredictionFi
     from service.identification import identify
 
     try:
-        response = await identify(state, [p.data for p in photos], top_k=state.settings.default_top_k,
-                                  taxon=None)
+        response = await identify(
+            state, [p.data for p in photos], top_k=state.settings.default_top_k, taxon=None
+        )
     except ModelUnavailable:
         return None
     except Exception:  # a prediction problem must never lose a volunteer's observation
@@ -47,11 +49,17 @@ async def predict(request: Request, photos: list[UploadedPhoto]) -> PredictionFi
     return obs_domain.prediction_from_response(response)
 
 
-@router.post("", response_model=ObservationPublic, status_code=status.HTTP_201_CREATED,
-             responses={200: {"description": "never: a replay answers 201 with Idempotent-Replayed: true"},
-                        413: {"description": "a photo is over the size limit"},
-                        415: {"description": "not a photo"},
-                        422: {"description": "bad photo count, photo, metadata or Idempotency-Key"}})
+@router.post(
+    "",
+    response_model=ObservationPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"description": "never: a replay answers 201 with Idempotent-Replayed: true"},
+        413: {"description": "a photo is over the size limit"},
+        415: {"description": "not a photo"},
+        422: {"description": "bad photo count, photo, metadata or Idempotency-Key"},
+    },
+)
 async def create_observation(
     request: Request,
     response: Response,
@@ -74,29 +82,48 @@ async def create_observation(
     if len(photos) > settings.max_images:
         raise obs_domain.TooManyPhotos(
             f"{len(photos)} photos sent; an observation has at most {settings.max_images}",
-            detail={"max_images": settings.max_images, "received": len(photos)})
+            detail={"max_images": settings.max_images, "received": len(photos)},
+        )
     blobs: list[bytes] = []
     for i, upload in enumerate(photos):
         if upload.size is not None and upload.size > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"photo {i + 1} is {upload.size} bytes; the limit is "
-                                  f"{settings.max_upload_bytes} bytes per photo")
+            raise PayloadTooLarge(
+                f"photo {i + 1} is {upload.size} bytes; the limit is "
+                f"{settings.max_upload_bytes} bytes per photo"
+            )
         blobs.append(await upload.read())
     decoded = await run_in_threadpool(obs_domain.decode_uploads, blobs, settings)
-    meta = ObservationInput(observed_at=observed_at, latitude=latitude, longitude=longitude,
-                            coordinate_precision_m=coordinate_precision_m, flower=flower,
-                            flower_taxon=flower_taxon, session_id=session_id, licence=licence, notes=notes)
+    meta = ObservationInput(
+        observed_at=observed_at,
+        latitude=latitude,
+        longitude=longitude,
+        coordinate_precision_m=coordinate_precision_m,
+        flower=flower,
+        flower_taxon=flower_taxon,
+        session_id=session_id,
+        licence=licence,
+        notes=notes,
+    )
     factory = request.app.state.sessionmaker
 
     def already_recorded() -> bool:
         with factory() as s:
-            return obs_domain.find_by_idempotency_key(s, user.id, key) is not None
+            return key is not None and obs_domain.find_by_idempotency_key(s, user.id, key) is not None
 
     # A retry is answered from the database without running the model again.
     replay = key is not None and await run_in_threadpool(already_recorded)
     prediction = None if replay else await predict(request, decoded)
     created = await run_in_threadpool(
-        lambda: obs_domain.create_observation(factory=factory, settings=settings, observer=user, meta=meta,
-                                              photos=decoded, prediction=prediction, idempotency_key=key))
+        lambda: obs_domain.create_observation(
+            factory=factory,
+            settings=settings,
+            observer=user,
+            meta=meta,
+            photos=decoded,
+            prediction=prediction,
+            idempotency_key=key,
+        )
+    )
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
 
@@ -113,7 +140,9 @@ def list_observations(
     user: CurrentUser,
     session: SessionDep,
     status_: Annotated[ObservationStatus | None, Query(alias="status")] = None,
-    taxon: Annotated[str | None, Query(max_length=255, description="taxon id or name; includes descendants")] = None,
+    taxon: Annotated[
+        str | None, Query(max_length=255, description="taxon id or name; includes descendants")
+    ] = None,
     observer: Annotated[int | None, Query(description="observer's user id")] = None,
     session_id: Annotated[str | None, Query(max_length=128)] = None,
     observed_from: Annotated[datetime | None, Query()] = None,
@@ -121,12 +150,23 @@ def list_observations(
     bbox: Annotated[str | None, Query(max_length=200, description="min_lon,min_lat,max_lon,max_lat")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-    cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="next_cursor of the previous page")
+    ] = None,
 ) -> Any:
     """List observations, newest first; volunteers see only their own."""
-    f = ObservationFilters(status=status_, taxon=taxon, observer=observer, session_id=session_id,
-                           observed_from=observed_from, observed_to=observed_to, bbox=bbox, limit=limit,
-                           offset=offset, cursor=cursor)
+    f = ObservationFilters(
+        status=status_,
+        taxon=taxon,
+        observer=observer,
+        session_id=session_id,
+        observed_from=observed_from,
+        observed_to=observed_to,
+        bbox=bbox,
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
+    )
     rows, count, next_cursor = obs_domain.list_observations(session, user, f)
     return {"data": obs_domain.to_public(session, rows), "count": count, "next_cursor": next_cursor}
 
@@ -139,8 +179,9 @@ def read_observation(observation_id: int, user: CurrentUser, session: SessionDep
 
 
 @router.patch("/{observation_id}", response_model=ObservationPublic)
-def update_observation(observation_id: int, body: ObservationUpdate, user: CurrentUser,
-                       session: SessionDep) -> Any:
+def update_observation(
+    observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep
+) -> Any:
     """Edit an observation's metadata (its observer or an admin)."""
     obs = obs_domain.get_observation_for(session, user, observation_id, for_update=True)
     obs_domain.update_observation(session, user, obs, body.model_dump(exclude_unset=True))

@@ -9,8 +9,9 @@ from service.deps import SessionDep, require_role
 from service.exports import model_accuracy
 from service.schemas.observations import ModelAccuracy, ModelAccuracyPublic
 
-router = APIRouter(prefix="/stats", tags=["stats"],
-                   dependencies=[Depends(require_role(Role.expert, Role.admin))])
+router = APIRouter(
+    prefix="/stats", tags=["stats"], dependencies=[Depends(require_role(Role.expert, Role.admin))]
+)
 
 
 @router.get("/models", response_model=ModelAccuracyPublic)

@@ -12,15 +12,19 @@ from service.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.observations import to_public
 from service.schemas.observations import QueuePublic
 
-router = APIRouter(prefix="/validation", tags=["validation"],
-                   dependencies=[Depends(require_role(Role.expert, Role.admin))])
+router = APIRouter(
+    prefix="/validation", tags=["validation"], dependencies=[Depends(require_role(Role.expert, Role.admin))]
+)
 
 
 @router.get("/queue", response_model=QueuePublic)
-def read_queue(user: CurrentUser, session: SessionDep, settings: SettingsDep,
-               limit: Annotated[int, Query(ge=1, le=100)] = 10,
-               taxon: Annotated[str | None, Query(max_length=255, description="only this taxon group")] = None,
-               ) -> Any:
+def read_queue(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    taxon: Annotated[str | None, Query(max_length=255, description="only this taxon group")] = None,
+) -> Any:
     """Lease the most uncertain observations that need an identification (lowest top-1 score first)."""
     rows, expires = validation.claim_queue(session, settings, user, limit=limit, taxon=taxon)
     session.commit()

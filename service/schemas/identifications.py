@@ -16,12 +16,15 @@ class IdentificationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     taxon: int | str | None = Field(
-        None, description="taxon id, model label, or exact scientific/common name, at any rank. For "
-        "`agree` it defaults to the current community taxon, else the model's suggestion.")
+        None,
+        description="taxon id, model label, or exact scientific/common name, at any rank. For "
+        "`agree` it defaults to the current community taxon, else the model's suggestion.",
+    )
     kind: IdentificationKind
     comment: str | None = Field(None, max_length=5000)
     disagreement: bool = Field(
-        False, description="with a coarser taxon: 'it is not the finer taxon proposed, only this one'")
+        False, description="with a coarser taxon: 'it is not the finer taxon proposed, only this one'"
+    )
 
 
 class IdentificationPublic(BaseModel):

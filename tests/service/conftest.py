@@ -15,7 +15,8 @@ from service.settings import Settings
 @pytest.fixture
 def sqlite_settings(tmp_path: Path, sqlite_url: str, models_dir: Path) -> Settings:
     """Like ``settings`` but on SQLite only, for tests whose subject is not the database."""
-    return Settings(data_dir=tmp_path / "data", database_url=sqlite_url, models_dir=models_dir, max_wait_ms=2.0)
+    return Settings(data_dir=tmp_path / "data", database_url=sqlite_url, models_dir=models_dir,
+                    max_wait_ms=2.0)
 
 
 @pytest.fixture

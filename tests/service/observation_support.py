@@ -20,8 +20,14 @@ from tests.helpers import photo_bytes
 RED = (220, 30, 30)
 GREEN = (30, 200, 40)
 BLUE = (30, 40, 220)
-PEOPLE: dict[str, str] = {"vol": "volunteer", "vol2": "volunteer", "exp": "expert", "exp2": "expert",
-                          "exp3": "expert", "admin": "admin"}
+PEOPLE: dict[str, str] = {
+    "vol": "volunteer",
+    "vol2": "volunteer",
+    "exp": "expert",
+    "exp2": "expert",
+    "exp3": "expert",
+    "admin": "admin",
+}
 
 
 @dataclass
@@ -40,24 +46,34 @@ class Env:
     def session(self) -> Any:
         return self.app.state.sessionmaker()
 
-    def post_obs(self, who: str = "vol", *, photos: list[bytes] | None = None, key: str | None = None,
-                 **data: Any) -> Any:
+    def post_obs(
+        self, who: str = "vol", *, photos: list[bytes] | None = None, key: str | None = None, **data: Any
+    ) -> Any:
         photos = photos if photos is not None else [photo_bytes(RED)]
-        form = {"observed_at": "2024-06-01T10:00:00Z", "latitude": "45.0", "longitude": "5.0",
-                "licence": "CC-BY"}
+        form = {
+            "observed_at": "2024-06-01T10:00:00Z",
+            "latitude": "45.0",
+            "longitude": "5.0",
+            "licence": "CC-BY",
+        }
         form.update({k: str(v) for k, v in data.items() if v is not None})
         for k in [k for k, v in data.items() if v is None]:
             form.pop(k, None)
         headers = self.h(who) if key is None else self.h(who, **{"Idempotency-Key": key})
-        return self.client.post("/api/v1/observations", headers=headers, data=form,
-                                files=[("photos", (f"p{i}.jpg", b, "image/jpeg")) for i, b in enumerate(photos)])
+        return self.client.post(
+            "/api/v1/observations",
+            headers=headers,
+            data=form,
+            files=[("photos", (f"p{i}.jpg", b, "image/jpeg")) for i, b in enumerate(photos)],
+        )
 
     def identify(self, who: str, obs_id: int, kind: str = "agree", taxon: Any = None, **extra: Any) -> Any:
         body = {"kind": kind, **extra}
         if taxon is not None:
             body["taxon"] = taxon
-        return self.client.post(f"/api/v1/observations/{obs_id}/identifications", headers=self.h(who),
-                                json=body)
+        return self.client.post(
+            f"/api/v1/observations/{obs_id}/identifications", headers=self.h(who), json=body
+        )
 
 
 def make_env(settings: Settings, people: dict[str, str] | None = None) -> Iterator[Env]:
@@ -78,9 +94,14 @@ def env(settings: Settings) -> Iterator[Env]:
     yield from make_env(settings)
 
 
-def jpeg_with_exif(color: tuple[int, int, int] = RED, *, when: str | None = "2023:07:14 09:30:00",
-                   gps: tuple[float, float] | None = (48.8566, 2.3522), offset: str | None = None,
-                   error_m: float | None = None) -> bytes:
+def jpeg_with_exif(
+    color: tuple[int, int, int] = RED,
+    *,
+    when: str | None = "2023:07:14 09:30:00",
+    gps: tuple[float, float] | None = (48.8566, 2.3522),
+    offset: str | None = None,
+    error_m: float | None = None,
+) -> bytes:
     """A JPEG with EXIF DateTimeOriginal and GPS, written with Pillow."""
     img = Image.open(io.BytesIO(photo_bytes(color)))
     exif = Image.Exif()

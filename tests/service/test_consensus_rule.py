@@ -25,7 +25,9 @@ CARDUI = (1, 2, 3, 5)
 ICARUS = (1, 6, 7, 8)
 
 
-def v(lineage: tuple[int, ...], kind: Kind = Kind.propose, weight: float = 1.0, disagreement: bool = False) -> Vote:
+def v(
+    lineage: tuple[int, ...], kind: Kind = Kind.propose, weight: float = 1.0, disagreement: bool = False
+) -> Vote:
     return Vote(kind=kind, lineage=lineage, weight=weight, disagreement=disagreement)
 
 

@@ -34,20 +34,28 @@ def test_history_keeps_superseded_and_withdrawn_identifications(env: Env) -> Non
     env.identify("exp", oid, "propose", taxon="Vanessa atalanta")  # changes their mind: supersedes
     b = env.identify("exp2", oid, "agree", taxon="Vanessa atalanta").json()
     assert b["consensus"]["status"] == "validated"
-    w = env.client.post(f"/api/v1/observations/{oid}/identifications/{b['identification']['id']}/withdraw",
-                        headers=env.h("exp2"))
+    w = env.client.post(
+        f"/api/v1/observations/{oid}/identifications/{b['identification']['id']}/withdraw",
+        headers=env.h("exp2"),
+    )
     assert w.status_code == 200 and w.json()["consensus"]["status"] == "needs_id"
     assert w.json()["identification"]["withdrawn_at"] is not None
-    again = env.client.post(f"/api/v1/observations/{oid}/identifications/{b['identification']['id']}/withdraw",
-                            headers=env.h("exp2"))
+    again = env.client.post(
+        f"/api/v1/observations/{oid}/identifications/{b['identification']['id']}/withdraw",
+        headers=env.h("exp2"),
+    )
     assert again.status_code == 409
-    other = env.client.post(f"/api/v1/observations/{oid}/identifications/{a['id']}/withdraw",
-                            headers=env.h("exp2"))
+    other = env.client.post(
+        f"/api/v1/observations/{oid}/identifications/{a['id']}/withdraw", headers=env.h("exp2")
+    )
     assert other.status_code == 403
     history = env.client.get(f"/api/v1/observations/{oid}/identifications", headers=env.h("vol")).json()
     assert history["count"] == 3
     assert [(h["user_name"], h["taxon"]["scientific_name"], h["current"]) for h in history["data"]] == [
-        ("exp", "Callophrys rubi", False), ("exp", "Vanessa atalanta", True), ("exp2", "Vanessa atalanta", False)]
+        ("exp", "Callophrys rubi", False),
+        ("exp", "Vanessa atalanta", True),
+        ("exp2", "Vanessa atalanta", False),
+    ]
     assert all(h["created_at"] and h["model_suggestion"] for h in history["data"])
 
 
@@ -76,18 +84,28 @@ def test_identification_errors(env: Env) -> None:  # noqa: F811
     for body, status, code in cases:
         r = env.client.post(f"/api/v1/observations/{oid}/identifications", headers=env.h("exp"), json=body)
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), (body, r.text)
-    r = env.client.post(f"/api/v1/observations/{theirs}/identifications", headers=env.h("vol"),
-                        json={"kind": "agree"})
+    r = env.client.post(
+        f"/api/v1/observations/{theirs}/identifications", headers=env.h("vol"), json={"kind": "agree"}
+    )
     assert r.status_code == 404  # another volunteer's observation
-    assert env.client.post("/api/v1/observations/999999/identifications", headers=env.h("exp"),
-                           json={"kind": "agree"}).status_code == 404
+    assert (
+        env.client.post(
+            "/api/v1/observations/999999/identifications", headers=env.h("exp"), json={"kind": "agree"}
+        ).status_code
+        == 404
+    )
     # Identification at genus rank is allowed.
     assert env.identify("exp", oid, "propose", taxon="Vanessa").status_code == 201
 
 
 def test_specialist_weight_and_n_are_settings(tmp_path, sqlite_url, models_dir) -> None:
-    settings = Settings(data_dir=tmp_path / "d", database_url=sqlite_url, models_dir=models_dir,
-                        consensus_min_agreements=3, consensus_specialist_weight=2.0)
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        database_url=sqlite_url,
+        models_dir=models_dir,
+        consensus_min_agreements=3,
+        consensus_specialist_weight=2.0,
+    )
     for e in make_env(settings, {"vol": "volunteer", "vol2": "volunteer", "exp": "expert"}):
         oid = e.post_obs().json()["id"]
         assert e.identify("vol", oid, "agree").json()["consensus"]["status"] == "needs_id"  # weight 1
@@ -97,16 +115,17 @@ def test_specialist_weight_and_n_are_settings(tmp_path, sqlite_url, models_dir) 
 
 def test_concurrent_identifications_never_lose_an_update(postgres_url: str, tmp_path, models_dir) -> None:
     people = {"vol": "volunteer", **{f"e{i}": "expert" for i in range(8)}}
-    settings = Settings(data_dir=tmp_path / "d", database_url=postgres_url, models_dir=models_dir,
-                        consensus_min_agreements=8)
+    settings = Settings(
+        data_dir=tmp_path / "d", database_url=postgres_url, models_dir=models_dir, consensus_min_agreements=8
+    )
     for e in make_env(settings, people):
         oid = e.post_obs().json()["id"]
         barrier = threading.Barrier(8)
         codes: list[int] = []
 
         def post(who: str) -> None:
-            barrier.wait()
-            codes.append(e.identify(who, oid, "agree", taxon="Vanessa atalanta").status_code)
+            barrier.wait()  # noqa: B023 - the loop body runs once
+            codes.append(e.identify(who, oid, "agree", taxon="Vanessa atalanta").status_code)  # noqa: B023
 
         threads = [threading.Thread(target=post, args=(f"e{i}",)) for i in range(8)]
         for t in threads:

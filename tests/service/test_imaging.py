@@ -30,7 +30,8 @@ def _rgba_png() -> bytes:
 
 
 def _palette_png() -> bytes:
-    return _save(Image.new("RGB", (64, 48), RED).convert("P", palette=Image.Palette.ADAPTIVE, colors=4), "PNG")
+    img = Image.new("RGB", (64, 48), RED).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    return _save(img, "PNG")
 
 
 def _gray16_png() -> bytes:

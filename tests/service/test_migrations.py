@@ -34,8 +34,16 @@ def test_migrations_produce_the_orm_schema(database_url: str) -> None:
         assert current_revision(engine) == head_revision()
         assert _diff(engine) == []
         tables = set(inspect(engine).get_table_names())
-        assert {"users", "api_keys", "observations", "photos", "identifications", "taxa", "taxon_labels",
-                "model_versions"} <= tables
+        assert {
+            "users",
+            "api_keys",
+            "observations",
+            "photos",
+            "identifications",
+            "taxa",
+            "taxon_labels",
+            "model_versions",
+        } <= tables
     finally:
         engine.dispose()
 
@@ -54,10 +62,14 @@ def test_downgrade_to_base_and_up_again(database_url: str) -> None:
 
 
 def test_concurrent_upgrades_from_several_processes_apply_once(database_url: str) -> None:
-    code = ("import sys; from service.db import create_db_engine; from service.migrations import upgrade; "
-            "e = create_db_engine(sys.argv[1]); upgrade(e); e.dispose()")
-    procs = [subprocess.Popen([sys.executable, "-c", code, database_url], cwd=ROOT, stderr=subprocess.PIPE)
-             for _ in range(3)]
+    code = (
+        "import sys; from service.db import create_db_engine; from service.migrations import upgrade; "
+        "e = create_db_engine(sys.argv[1]); upgrade(e); e.dispose()"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], cwd=ROOT, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()[-2000:]

@@ -23,8 +23,13 @@ def media_files(env: Env) -> list:  # noqa: F811
 
 
 def test_create_stores_photos_metadata_and_prediction(env: Env) -> None:  # noqa: F811
-    r = env.post_obs(photos=[photo_bytes(RED), photo_bytes(RED, size=(80, 60))], session_id="spipoll-1",
-                     flower="Knautia arvensis", notes="on the flower", coordinate_precision_m=15)
+    r = env.post_obs(
+        photos=[photo_bytes(RED), photo_bytes(RED, size=(80, 60))],
+        session_id="spipoll-1",
+        flower="Knautia arvensis",
+        notes="on the flower",
+        coordinate_precision_m=15,
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["status"] == "needs_id" and body["observer_name"] == "vol"
@@ -37,7 +42,7 @@ def test_create_stores_photos_metadata_and_prediction(env: Env) -> None:  # noqa
     assert pred["taxon"]["scientific_name"] == "Vanessa atalanta"  # red photo: class 0
     assert pred["top1_score"] > 0.9 and 0 < pred["top_margin"] <= pred["top1_score"]
     top_k = pred["result"]["top_k"]
-    assert [t["label"] for t in top_k][0] == "red_admiral" and len(top_k) == 3
+    assert top_k[0]["label"] == "red_admiral" and len(top_k) == 3
     assert pred["result"]["rollup"]["taxon"]["label"] == "red_admiral"
     assert body["taxon"]["scientific_name"] == "Vanessa atalanta"
     # Stored content-addressed: one file per distinct photo.
@@ -50,12 +55,16 @@ def test_create_stores_photos_metadata_and_prediction(env: Env) -> None:  # noqa
 
 
 def test_exif_date_and_gps_fill_missing_fields(env: Env) -> None:  # noqa: F811
-    photo = jpeg_with_exif(GREEN, when="2023:07:14 09:30:00", offset="+02:00", gps=(-33.5, -70.25), error_m=12)
+    photo = jpeg_with_exif(
+        GREEN, when="2023:07:14 09:30:00", offset="+02:00", gps=(-33.5, -70.25), error_m=12
+    )
     r = env.post_obs(photos=[photo], observed_at=None, latitude=None, longitude=None)
     assert r.status_code == 201, r.text
     b = r.json()
     assert b["observed_at"] == "2023-07-14T07:30:00Z" and b["observed_at_source"] == "exif"
-    assert b["latitude"] == pytest.approx(-33.5, abs=1e-4) and b["longitude"] == pytest.approx(-70.25, abs=1e-4)
+    assert b["latitude"] == pytest.approx(-33.5, abs=1e-4) and b["longitude"] == pytest.approx(
+        -70.25, abs=1e-4
+    )
     assert b["coordinate_precision_m"] == 12 and b["location_source"] == "exif"
     assert b["prediction"]["taxon"]["scientific_name"] == "Callophrys rubi"
     # Fields sent win over EXIF.
@@ -84,9 +93,12 @@ def test_idempotency_key_replays_the_first_result(env: Env) -> None:  # noqa: F8
 
 @pytest.mark.parametrize("key", ["short", "has space in it", "x" * 200, "bad/slash/key", "semi;colon;key"])
 def test_malformed_idempotency_key(env: Env, key: str) -> None:  # noqa: F811
-    r = env.client.post("/api/v1/observations", headers=env.h("vol", **{"Idempotency-Key": key}),
-                        data={"observed_at": "2024-06-01T10:00:00Z"},
-                        files=[("photos", ("a.jpg", photo_bytes(), "image/jpeg"))])
+    r = env.client.post(
+        "/api/v1/observations",
+        headers=env.h("vol", **{"Idempotency-Key": key}),
+        data={"observed_at": "2024-06-01T10:00:00Z"},
+        files=[("photos", ("a.jpg", photo_bytes(), "image/jpeg"))],
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_idempotency_key"
     assert count_rows(env, Observation) == 0
 
@@ -125,14 +137,23 @@ def test_volunteers_see_and_edit_only_their_own(env: Env) -> None:  # noqa: F811
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     listed = c.get("/api/v1/observations", headers=env.h("vol")).json()
     assert [o["id"] for o in listed["data"]] == [mine] and listed["count"] == 1
-    assert c.get("/api/v1/observations", headers=env.h("vol"), params={"observer": env.ids["vol2"]}).json()[
-        "count"] == 0
+    assert (
+        c.get("/api/v1/observations", headers=env.h("vol"), params={"observer": env.ids["vol2"]}).json()[
+            "count"
+        ]
+        == 0
+    )
     # Experts and admins see everything; only the observer or an admin edits.
     assert c.get("/api/v1/observations", headers=env.h("exp")).json()["count"] == 2
     assert c.get(f"/api/v1/observations/{theirs}", headers=env.h("exp")).status_code == 200
-    assert c.patch(f"/api/v1/observations/{theirs}", headers=env.h("exp"), json={"notes": "x"}).status_code == 403
-    assert c.patch(f"/api/v1/observations/{theirs}", headers=env.h("admin"), json={"notes": "ok"}).status_code \
+    assert (
+        c.patch(f"/api/v1/observations/{theirs}", headers=env.h("exp"), json={"notes": "x"}).status_code
+        == 403
+    )
+    assert (
+        c.patch(f"/api/v1/observations/{theirs}", headers=env.h("admin"), json={"notes": "ok"}).status_code
         == 200
+    )
     photo = c.get(f"/api/v1/observations/{theirs}", headers=env.h("exp")).json()["photos"][0]["sha256"]
     assert c.get(f"/api/v1/media/{photo}", headers=env.h("vol2")).status_code == 200
     # vol uploaded the same red photo, so this one is theirs too; a photo only vol2 has is not.
@@ -144,16 +165,37 @@ def test_volunteers_see_and_edit_only_their_own(env: Env) -> None:  # noqa: F811
 def test_patch_edits_and_validates(env: Env) -> None:  # noqa: F811
     oid = env.post_obs().json()["id"]
     url = f"/api/v1/observations/{oid}"
-    r = env.client.patch(url, headers=env.h("vol"), json={
-        "latitude": -12.5, "longitude": 130.1, "licence": "CC0", "notes": "edited",
-        "flower_taxon": "Vanessa", "session_id": "s-2", "observed_at": "2024-05-01T08:00:00+02:00"})
+    r = env.client.patch(
+        url,
+        headers=env.h("vol"),
+        json={
+            "latitude": -12.5,
+            "longitude": 130.1,
+            "licence": "CC0",
+            "notes": "edited",
+            "flower_taxon": "Vanessa",
+            "session_id": "s-2",
+            "observed_at": "2024-05-01T08:00:00+02:00",
+        },
+    )
     assert r.status_code == 200, r.text
     b = r.json()
     assert (b["latitude"], b["longitude"], b["licence"], b["notes"], b["session_id"]) == (
-        -12.5, 130.1, "CC0", "edited", "s-2")
+        -12.5,
+        130.1,
+        "CC0",
+        "edited",
+        "s-2",
+    )
     assert b["flower_taxon"]["rank"] == "genus" and b["observed_at"] == "2024-05-01T06:00:00Z"
-    for bad in ({"latitude": 100}, {"observed_at": "2999-01-01T00:00:00Z"}, {"flower_taxon": "Nope nope"},
-                {"licence": "GPL"}, {"status": "validated"}, {"latitude": None}):
+    for bad in (
+        {"latitude": 100},
+        {"observed_at": "2999-01-01T00:00:00Z"},
+        {"flower_taxon": "Nope nope"},
+        {"licence": "GPL"},
+        {"status": "validated"},
+        {"latitude": None},
+    ):
         r = env.client.patch(url, headers=env.h("vol"), json=bad)
         assert r.status_code == 422, (bad, r.text)
     assert env.client.get(url, headers=env.h("vol")).json()["latitude"] == -12.5
@@ -161,10 +203,21 @@ def test_patch_edits_and_validates(env: Env) -> None:  # noqa: F811
 
 def test_list_filters_and_pages(env: Env) -> None:  # noqa: F811
     red = env.post_obs(observed_at="2024-06-01T10:00:00Z", latitude=45, longitude=5, session_id="A").json()
-    green = env.post_obs(photos=[photo_bytes(GREEN)], observed_at="2024-07-01T10:00:00Z", latitude=-10,
-                         longitude=170, session_id="A").json()
-    blue = env.post_obs("vol2", photos=[photo_bytes(BLUE)], observed_at="2024-08-01T10:00:00Z", latitude=60,
-                        longitude=-175, session_id="B").json()
+    green = env.post_obs(
+        photos=[photo_bytes(GREEN)],
+        observed_at="2024-07-01T10:00:00Z",
+        latitude=-10,
+        longitude=170,
+        session_id="A",
+    ).json()
+    blue = env.post_obs(
+        "vol2",
+        photos=[photo_bytes(BLUE)],
+        observed_at="2024-08-01T10:00:00Z",
+        latitude=60,
+        longitude=-175,
+        session_id="B",
+    ).json()
 
     def ids(**params) -> list[int]:
         r = env.client.get("/api/v1/observations", headers=env.h("exp"), params=params)
@@ -187,13 +240,24 @@ def test_list_filters_and_pages(env: Env) -> None:  # noqa: F811
     # Pages: offset and cursor.
     page = env.client.get("/api/v1/observations", headers=env.h("exp"), params={"limit": 2}).json()
     assert page["count"] == 3 and len(page["data"]) == 2 and page["next_cursor"]
-    rest = env.client.get("/api/v1/observations", headers=env.h("exp"),
-                          params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    rest = env.client.get(
+        "/api/v1/observations", headers=env.h("exp"), params={"limit": 2, "cursor": page["next_cursor"]}
+    ).json()
     assert [o["id"] for o in page["data"] + rest["data"]] == [blue["id"], green["id"], red["id"]]
-    off = env.client.get("/api/v1/observations", headers=env.h("exp"), params={"limit": 2, "offset": 2}).json()
+    off = env.client.get(
+        "/api/v1/observations", headers=env.h("exp"), params={"limit": 2, "offset": 2}
+    ).json()
     assert [o["id"] for o in off["data"]] == [red["id"]]
-    for bad in ({"taxon": "Unknownia"}, {"bbox": "1,2,3"}, {"bbox": "0,95,10,99"}, {"status": "done"},
-                {"cursor": "!!"}, {"limit": 0}, {"observed_from": "nope"}, {"taxon": "' OR 1=1 --"}):
+    for bad in (
+        {"taxon": "Unknownia"},
+        {"bbox": "1,2,3"},
+        {"bbox": "0,95,10,99"},
+        {"status": "done"},
+        {"cursor": "!!"},
+        {"limit": 0},
+        {"observed_from": "nope"},
+        {"taxon": "' OR 1=1 --"},
+    ):
         r = env.client.get("/api/v1/observations", headers=env.h("exp"), params=bad)
         assert r.status_code == 422, (bad, r.status_code)
 

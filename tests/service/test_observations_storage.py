@@ -31,8 +31,18 @@ def test_media_is_served_with_type_and_caching_headers(env: Env) -> None:  # noq
     assert again.status_code == 304 and again.content == b""
 
 
-@pytest.mark.parametrize("bad", ["../../etc/passwd", "..%2F..%2Fpollinid.sqlite3", "ABCDEF" + "0" * 58,
-                                 "0" * 63, "0" * 65, "%2e%2e", "g" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../etc/passwd",
+        "..%2F..%2Fpollinid.sqlite3",
+        "ABCDEF" + "0" * 58,
+        "0" * 63,
+        "0" * 65,
+        "%2e%2e",
+        "g" * 64,
+    ],
+)
 def test_media_paths_cannot_escape(env: Env, bad: str) -> None:  # noqa: F811
     r = env.client.get(f"/api/v1/media/{bad}", headers=env.h("exp"))
     assert r.status_code in (404, 422), r.status_code
@@ -48,14 +58,26 @@ def test_unknown_media_is_404(env: Env) -> None:  # noqa: F811
 def _install_failing_trigger(env: Env) -> None:  # noqa: F811
     with env.app.state.engine.begin() as conn:
         if conn.dialect.name == "sqlite":
-            conn.execute(text("CREATE TRIGGER fail_photo BEFORE INSERT ON photos "
-                              "WHEN NEW.position = 1 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"))
+            conn.execute(
+                text(
+                    "CREATE TRIGGER fail_photo BEFORE INSERT ON photos "
+                    "WHEN NEW.position = 1 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+                )
+            )
         else:
-            conn.execute(text("CREATE FUNCTION fail_photo() RETURNS trigger AS $$ BEGIN "
-                              "IF NEW.position = 1 THEN RAISE EXCEPTION 'disk on fire'; END IF; RETURN NEW; "
-                              "END $$ LANGUAGE plpgsql"))
-            conn.execute(text("CREATE TRIGGER fail_photo BEFORE INSERT ON photos FOR EACH ROW "
-                              "EXECUTE FUNCTION fail_photo()"))
+            conn.execute(
+                text(
+                    "CREATE FUNCTION fail_photo() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.position = 1 THEN RAISE EXCEPTION 'disk on fire'; END IF; RETURN NEW; "
+                    "END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER fail_photo BEFORE INSERT ON photos FOR EACH ROW "
+                    "EXECUTE FUNCTION fail_photo()"
+                )
+            )
 
 
 def test_a_failed_write_leaves_no_rows_and_no_new_files(env: Env) -> None:  # noqa: F811
@@ -69,11 +91,23 @@ def test_a_failed_write_leaves_no_rows_and_no_new_files(env: Env) -> None:  # no
     # The first photo is the already-stored blue one (must survive), the second is new (must go).
     photos = decode_uploads([photo_bytes(BLUE), photo_bytes(GREEN)], env.settings)
     with pytest.raises(Exception, match="disk on fire"):
-        create_observation(factory=factory, settings=env.settings, observer=observer,
-                           meta=ObservationInput(observed_at=datetime(2024, 6, 1, tzinfo=UTC), licence="CC0"), photos=photos, prediction=None)
+        create_observation(
+            factory=factory,
+            settings=env.settings,
+            observer=observer,
+            meta=ObservationInput(observed_at=datetime(2024, 6, 1, tzinfo=UTC), licence="CC0"),
+            photos=photos,
+            prediction=None,
+        )
     with pytest.raises(Exception, match="observed_at"):  # and no EXIF: refused before writing anything
-        create_observation(factory=factory, settings=env.settings, observer=observer,
-                           meta=ObservationInput(), photos=photos, prediction=None)
+        create_observation(
+            factory=factory,
+            settings=env.settings,
+            observer=observer,
+            meta=ObservationInput(),
+            photos=photos,
+            prediction=None,
+        )
     with factory() as s:
         assert s.scalar(select(func.count()).select_from(Observation)) == 1
         assert s.scalar(select(func.count()).select_from(Photo)) == 1
@@ -81,9 +115,15 @@ def test_a_failed_write_leaves_no_rows_and_no_new_files(env: Env) -> None:  # no
     assert files == [kept_file]
     # Over HTTP the same failure is a 500 with a JSON body, and still leaves nothing behind.
     raw = TestClient(env.app, raise_server_exceptions=False)  # shares the running app's state
-    r = raw.post("/api/v1/observations", headers=env.h("vol"), data={"observed_at": "2024-06-01T10:00:00Z"},
-                 files=[("photos", ("a.jpg", photo_bytes(GREEN), "image/jpeg")),
-                        ("photos", ("b.jpg", photo_bytes(GREEN, size=(30, 30)), "image/jpeg"))])
+    r = raw.post(
+        "/api/v1/observations",
+        headers=env.h("vol"),
+        data={"observed_at": "2024-06-01T10:00:00Z"},
+        files=[
+            ("photos", ("a.jpg", photo_bytes(GREEN), "image/jpeg")),
+            ("photos", ("b.jpg", photo_bytes(GREEN, size=(30, 30)), "image/jpeg")),
+        ],
+    )
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert sorted(p for p in env.settings.media_path.rglob("*") if p.is_file()) == [kept_file]
 

@@ -19,8 +19,13 @@ from tests.service.observation_support import Env, make_env
 
 # Routes that need no key: the web pages (they call the API with the user's key), health, metrics, taxa
 # and the API docs. Any other route must declare its roles with require_role(...).
-PUBLIC_MODULES = {"service.routes.pages", "service.routes.health", "service.routes.metrics",
-                  "service.routes.taxa", "fastapi.applications"}
+PUBLIC_MODULES = {
+    "service.routes.pages",
+    "service.routes.health",
+    "service.routes.metrics",
+    "service.routes.taxa",
+    "fastapi.applications",
+}
 ROLE_USER = {"volunteer": "vol", "expert": "exp", "admin": "admin"}
 
 
@@ -70,8 +75,9 @@ def fill(path: str) -> str:
 
 @pytest.fixture
 def walk_env(sqlite_url: str, tmp_path, models_dir) -> Iterator[Env]:
-    settings = Settings(data_dir=tmp_path / "data", database_url=sqlite_url, models_dir=models_dir,
-                        max_wait_ms=2.0)
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=sqlite_url, models_dir=models_dir, max_wait_ms=2.0
+    )
     yield from make_env(settings)
 
 
@@ -84,13 +90,16 @@ def test_every_route_for_every_role(walk_env: Env) -> None:
         kind, roles = policy(dependant)
         url = fill(path)
         for method in sorted(methods - {"HEAD", "OPTIONS"}):
+
             def call(headers: dict[str, str] | None = None, url: str = url, method: str = method) -> Any:
                 return client.request(method, url, headers=headers or {})
 
             if kind == "public":
                 module = getattr(dependant.call, "__module__", "")
-                assert module in PUBLIC_MODULES, f"{method} {path} ({module}) declares no role: add " \
+                assert module in PUBLIC_MODULES, (
+                    f"{method} {path} ({module}) declares no role: add "
                     "require_role(...) or make it public in this test"
+                )
                 r = call()
                 assert r.status_code not in (401, 403) and r.status_code < 500, (method, path, r.status_code)
             elif kind == "identify":
@@ -115,9 +124,16 @@ def test_every_route_for_every_role(walk_env: Env) -> None:
                         assert r.json()["error"]["code"] == "forbidden"
             checked += 1
     # The walk did reach the routes of this issue.
-    for p in ("/api/v1/observations", "/api/v1/observations/{observation_id}", "/api/v1/validation/queue",
-              "/api/v1/admin/users", "/api/v1/media/{sha256}", "/api/v1/stats/models",
-              "/api/v1/admin/exports/{kind}", "/api/v1/observations/{observation_id}/identifications"):
+    for p in (
+        "/api/v1/observations",
+        "/api/v1/observations/{observation_id}",
+        "/api/v1/validation/queue",
+        "/api/v1/admin/users",
+        "/api/v1/media/{sha256}",
+        "/api/v1/stats/models",
+        "/api/v1/admin/exports/{kind}",
+        "/api/v1/observations/{observation_id}/identifications",
+    ):
         assert p in seen_paths
     assert checked >= 20
 
@@ -135,8 +151,13 @@ def test_identify_is_public_by_default_and_can_require_a_key(tmp_path, sqlite_ur
 
     photo = [("images", ("a.jpg", photo_bytes(), "image/jpeg"))]
     for requires in (False, True):
-        settings = Settings(data_dir=tmp_path / f"d{requires}", database_url=f"{sqlite_url}{int(requires)}",
-                            models_dir=models_dir, identify_requires_key=requires, max_wait_ms=2.0)
+        settings = Settings(
+            data_dir=tmp_path / f"d{requires}",
+            database_url=f"{sqlite_url}{int(requires)}",
+            models_dir=models_dir,
+            identify_requires_key=requires,
+            max_wait_ms=2.0,
+        )
         for env in make_env(settings, {"vol": "volunteer"}):
             anonymous = env.client.post("/api/v1/identify", files=photo)
             assert anonymous.status_code == (401 if requires else 200)

@@ -38,7 +38,6 @@ def _fixed_batch_onnx() -> bytes:
 
 
 def _double_input_onnx() -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     x = helper.make_tensor_value_info("input", TensorProto.DOUBLE, ["batch", 3, 32, 32])

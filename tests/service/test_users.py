@@ -85,7 +85,9 @@ def test_admin_manages_users_and_keys_over_rest(env: Env) -> None:  # noqa: F811
     # Promote, then deactivate.
     r = c.patch(f"/api/v1/admin/users/{user_id}", headers=env.h("admin"), json={"role": "expert"})
     assert r.json()["role"] == "expert"
-    assert c.get("/api/v1/validation/queue", headers={"Authorization": f"Bearer {first_key}"}).status_code == 200
+    assert (
+        c.get("/api/v1/validation/queue", headers={"Authorization": f"Bearer {first_key}"}).status_code == 200
+    )
     c.patch(f"/api/v1/admin/users/{user_id}", headers=env.h("admin"), json={"active": False})
     assert c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {first_key}"}).status_code == 401
 

@@ -26,7 +26,7 @@ def color_photo(color: tuple[int, int, int], size: tuple[int, int] = (40, 32), s
     arr[...] = color
     arr += rng.integers(-40, 41, size=arr.shape, dtype=np.int16)
     y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-    arr[y0:y0 + h // 3, x0:x0 + w // 3] //= 2
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] //= 2
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 

@@ -27,12 +27,12 @@ def test_unknown_torchvision_architecture() -> None:
 
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match="weights file not found: .*nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"weights file not found: .*nope\.pth"):
         create_model("torchvision:resnet18", 3, weights=missing)
 
 
 def test_torchvision_without_weights_says_how_to_fix() -> None:
-    with pytest.raises(ValueError, match="needs its ImageNet weights on disk: pass weights=PATH"):
+    with pytest.raises(ValueError, match=r"needs its ImageNet weights on disk: pass weights=PATH"):
         create_model("torchvision:resnet18", 3)
 
 
@@ -59,7 +59,9 @@ def test_tiny_cnn_modes_freeze_the_right_stages() -> None:
         assert start == expected
         net.freeze_before(start)
         trainable = {n.split(".")[1] for n, p in net.named_parameters() if p.requires_grad}
-        assert trainable == {str(i) for i in range(start, len(net.stages)) if list(net.stages[i].parameters())}
+        assert trainable == {
+            str(i) for i in range(start, len(net.stages)) if list(net.stages[i].parameters())
+        }
         # Composition is unchanged by the split.
         net.eval()
         torch.testing.assert_close(net.forward_from(net.forward_until(x, start), start), net(x))

@@ -10,7 +10,9 @@ from training.calibration import calibrate, energy_scores, fit_energy_threshold,
 from training.losses import balanced_weights, smoothing_matrix
 
 
-def _overconfident(n: int = 4000, c: int = 5, true_t: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _overconfident(
+    n: int = 4000, c: int = 5, true_t: float = 3.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits whose labels are drawn from softmax(logits / true_t): the best temperature is true_t."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 4, size=(n, c))
@@ -49,8 +51,12 @@ def test_plain_smoothing_matrix() -> None:
 
 def test_taxonomy_smoothing_gives_mass_to_genus_and_family() -> None:
     classes = ["a1", "a2", "b1", "z"]
-    taxonomy = {"a1": LabelTaxon(genus="A", family="F"), "a2": LabelTaxon(genus="A", family="F"),
-                "b1": LabelTaxon(genus="B", family="F"), "z": LabelTaxon(genus="Z", family="Y")}
+    taxonomy = {
+        "a1": LabelTaxon(genus="A", family="F"),
+        "a2": LabelTaxon(genus="A", family="F"),
+        "b1": LabelTaxon(genus="B", family="F"),
+        "z": LabelTaxon(genus="Z", family="Y"),
+    }
     q = smoothing_matrix(classes, 0.2, taxonomy, genus_share=0.5, family_share=0.3)
     assert q.sum(1) == pytest.approx(np.ones(4))
     # a1: genus mate a2 gets .1 + uniform .04/3; family mate b1 .06 + .04/3; z only .04/3.

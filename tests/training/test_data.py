@@ -26,7 +26,8 @@ def test_unreadable_photo_is_skipped_and_counted(tmp_path: Path) -> None:
     root = make_imagefolder(tmp_path / "d", n_train=3, n_valid=1)
     (root / "train" / "red_admiral" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "train" / "red_admiral" / "truncated.jpg").write_bytes(
-        (root / "train" / "red_admiral" / "red_admiral_0.jpg").read_bytes()[:200])
+        (root / "train" / "red_admiral" / "red_admiral_0.jpg").read_bytes()[:200]
+    )
     data = load_data(root)
     assert len(data.report.unreadable) == 2
     assert len(data.splits["train"]) == 9
@@ -62,7 +63,9 @@ def test_unknown_label_in_validation_is_reported(tmp_path: Path) -> None:
 
 def test_duplicate_across_splits_is_removed_from_training(tmp_path: Path) -> None:
     root = make_imagefolder(tmp_path / "d", n_train=2, n_valid=1)
-    shutil.copy(root / "valid" / "common_blue" / "common_blue_0.jpg", root / "train" / "common_blue" / "copy.jpg")
+    shutil.copy(
+        root / "valid" / "common_blue" / "common_blue_0.jpg", root / "train" / "common_blue" / "copy.jpg"
+    )
     data = load_data(root)
     assert len(data.report.duplicates_across_splits) == 1
     assert data.report.duplicates_across_splits[0][0].endswith("copy.jpg")
@@ -100,9 +103,20 @@ def test_coco_inat_json(tmp_path: Path, color_dataset: Path) -> None:
     for i, p in enumerate(sorted((color_dataset / "train" / "green_hairstreak").glob("*.jpg"))[:3]):
         images.append({"id": i, "file_name": f"train/green_hairstreak/{p.name}", "width": 40, "height": 32})
         annotations.append({"id": 100 + i, "image_id": i, "category_id": 7})
-    doc = {"images": images, "annotations": annotations,
-           "categories": [{"id": 7, "name": "Callophrys rubi", "kingdom": "Animalia", "order": "Lepidoptera",
-                           "family": "Lycaenidae", "genus": "Callophrys"}]}
+    doc = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {
+                "id": 7,
+                "name": "Callophrys rubi",
+                "kingdom": "Animalia",
+                "order": "Lepidoptera",
+                "family": "Lycaenidae",
+                "genus": "Callophrys",
+            }
+        ],
+    }
     path = tmp_path / "train.json"
     path.write_text(json.dumps(doc))
     splits, taxonomy = read_coco(path, image_root=color_dataset)
@@ -128,5 +142,5 @@ def test_group_split_keeps_observers_and_observations_together() -> None:
 
 def test_group_split_without_ids_is_stratified() -> None:
     samples = [Sample(Path(f"/p/{c}_{i}.jpg"), c) for c in "abcd" for i in range(20)]
-    kept, held = group_split(samples, 0.1, seed=0)
+    _, held = group_split(samples, 0.1, seed=0)
     assert Counter(s.label for s in held) == {c: 2 for c in "abcd"}

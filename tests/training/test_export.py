@@ -19,9 +19,14 @@ from .conftest import color_photo
 
 
 def _card(name: str = "tiny", version: str = "1") -> ModelCard:
-    return ModelCard(name=name, version=version, architecture="tiny_cnn",
-                     input=InputSpec(size=32, resize=32, resize_mode="longer_pad"),
-                     labels=["a", "b", "c"], calibration={"temperature": 1.5})  # type: ignore[arg-type]
+    return ModelCard(
+        name=name,
+        version=version,
+        architecture="tiny_cnn",
+        input=InputSpec(size=32, resize=32, resize_mode="longer_pad"),
+        labels=["a", "b", "c"],
+        calibration={"temperature": 1.5},
+    )  # type: ignore[arg-type]
 
 
 def _model() -> torch.nn.Module:
@@ -43,7 +48,9 @@ def test_export_parity_and_card(tmp_path: Path) -> None:
     model = onnx.load(str(result.onnx_path))
     onnx.checker.check_model(model)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == [
+        "logits"
+    ]
     meta = {p.key: p.value for p in model.metadata_props}
     assert ModelCard.model_validate_json(meta[ONNX_METADATA_KEY]).labels == ["a", "b", "c"]
     assert load_card_from_onnx(result.onnx_path).calibration.temperature == 1.5

@@ -11,11 +11,13 @@ from service.modelcard import LabelTaxon
 from training import metrics
 
 # Three photos, three classes. Scores chosen so the ranks are easy to read.
-PROBS = np.array([
-    [0.7, 0.2, 0.1],   # true 0: rank 1
-    [0.5, 0.3, 0.2],   # true 1: rank 2 (predicted 0)
-    [0.1, 0.3, 0.6],   # true 2: rank 1
-])
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],  # true 0: rank 1
+        [0.5, 0.3, 0.2],  # true 1: rank 2 (predicted 0)
+        [0.1, 0.3, 0.6],  # true 2: rank 1
+    ]
+)
 TARGETS = np.array([0, 1, 2])
 
 
@@ -65,8 +67,11 @@ def test_ece_by_hand() -> None:
 
 def test_rank_accuracy_genus_and_family() -> None:
     classes = ["a", "b", "c"]
-    taxonomy = {"a": LabelTaxon(genus="G1", family="F"), "b": LabelTaxon(genus="G1", family="F"),
-                "c": LabelTaxon(genus="G2", family="F")}
+    taxonomy = {
+        "a": LabelTaxon(genus="G1", family="F"),
+        "b": LabelTaxon(genus="G1", family="F"),
+        "c": LabelTaxon(genus="G2", family="F"),
+    }
     preds = np.array([0, 0, 2, 0])
     targets = np.array([0, 1, 2, 2])
     # genus: a->a ok, b->a same genus ok, c->c ok, c->a wrong = 3/4; family: all F.

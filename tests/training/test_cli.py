@@ -1,0 +1,201 @@
+"""The training subcommands end to end on 32-px photos: train one epoch, evaluate, export, predict, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from service.cli import main
+from service.modelcard import ONNX_METADATA_KEY, ModelCard
+
+from .conftest import color_photo
+
+TINY = [
+    "--backbone",
+    "tiny_cnn",
+    "--no-pretrained",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--lr",
+    "0.02",
+    "--holdout",
+    "0.2",
+    "--threads",
+    "1",
+]
+
+
+def _train(data: Path, out: Path, *extra: str) -> None:
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, *extra]) == 0
+
+
+def test_one_epoch_smoke_run_through_the_cli(color_dataset: Path, tmp_path: Path, capsys) -> None:
+    run, export = tmp_path / "run", tmp_path / "models" / "colors" / "1"
+    _train(
+        color_dataset,
+        run,
+        "--mode",
+        "full",
+        "--epochs",
+        "1",
+        "--name",
+        "colors",
+        "--version",
+        "1",
+        "--export-dir",
+        str(export),
+        "--label-smoothing",
+        "0.1",
+        "--taxonomy-smoothing",
+        "--balanced-sampling",
+        "--balanced-finetune-epochs",
+        "1",
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["export"] == str(export)
+    # Run folder: resolved config, per-epoch CSV, curves, checkpoints.
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "tiny_cnn" and config["epochs"] == 1 and config["taxonomy_smoothing"] is True
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["held_nll"]) > 0
+    for name in ("curves.png", "last.pt", "best.pt", "model.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    # Exported model: card + ONNX with the card embedded + report files.
+    card = ModelCard.load(export)
+    assert card.labels == ["common_blue", "green_hairstreak", "red_admiral"]
+    assert card.taxonomy["red_admiral"].genus == "Vanessa"
+    assert card.calibration.temperature > 0 and card.calibration.ood_energy_threshold is not None
+    assert 0 <= card.metrics["top1"] <= 1 and card.metrics["n"] == 12
+    assert card.input.resize_mode == "longer_pad" and card.input.size == 32
+    meta = {p.key: p.value for p in onnx.load(str(export / "model.onnx")).metadata_props}
+    assert json.loads(meta[ONNX_METADATA_KEY])["metrics"]["top1"] == card.metrics["top1"]
+    for name in ("report.md", "report.json", "confusion.png", "reliability.png"):
+        assert (export / name).is_file(), name
+    report = json.loads((export / "report.json").read_text())
+    assert set(report["per_class"]) == set(card.labels)
+    assert report["timing"]["test"]["images_per_second"] > 0 and "train_seconds" in report["timing"]
+
+    # evaluate: same numbers through the same classifier, with TTA and its cost.
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(export),
+                "--data",
+                str(color_dataset),
+                "--tta",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == pytest.approx(card.metrics["top1"])
+    assert evaluated["tta_top1"] is not None
+    assert "Test-time augmentation" in (tmp_path / "eval" / "report.md").read_text()
+
+    # export: re-export the run's model.pt to a new folder (parity-checked).
+    assert main(["export", "--checkpoint", str(run / "model.pt"), "--out", str(tmp_path / "re" / "1")]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["max_prob_diff"] <= 1e-4
+
+    # predict: the service's classifier on real files, plus an unreadable one.
+    photo = tmp_path / "red.jpg"
+    color_photo((220, 30, 30), (300, 200), seed=42).save(photo)
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a photo")
+    assert main(["predict", "--model", str(export), str(photo), str(junk)]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert predicted[0]["model"] == {"name": "colors", "version": "1"}
+    scores = [r["score"] for r in predicted[0]["results"]] or [0]
+    assert predicted[0]["unknown_species_suspected"] or sum(scores) == pytest.approx(1.0, abs=1e-4)
+    assert "error" in predicted[1]
+
+
+def test_linear_mode_with_feature_cache(color_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(
+        color_dataset,
+        run,
+        "--mode",
+        "linear",
+        "--epochs",
+        "2",
+        "--views",
+        "2",
+        "--lr",
+        "0.05",
+        "--name",
+        "colors",
+        "--version",
+        "lin",
+    )
+    caches = [p for p in (run / "cache").iterdir() if (p / "meta.json").is_file()]
+    assert len(caches) == 3  # train views, held-out, evaluation
+    train_cache = [p for p in caches if json.loads((p / "meta.json").read_text())["views"] == 2]
+    assert len(train_cache) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"]["top1"] >= 0.5  # colours are easy even for a 2-epoch linear head
+    # A second run with the same settings reuses the caches.
+    _train(
+        color_dataset,
+        tmp_path / "run2",
+        "--mode",
+        "linear",
+        "--epochs",
+        "1",
+        "--views",
+        "2",
+        "--cache-dir",
+        str(run / "cache"),
+        "--name",
+        "colors",
+        "--version",
+        "lin2",
+    )
+    assert len([p for p in (run / "cache").iterdir()]) == 3
+
+
+def test_resume_continues_where_it_stopped(color_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["--mode", "partial", "--trainable-stages", "1", "--no-cache", "--patience", "10"]
+    _train(color_dataset, run, *common, "--epochs", "1", "--version", "a")
+    first = list(csv.DictReader((run / "metrics.csv").open()))
+    _train(color_dataset, run, *common, "--epochs", "3", "--resume", "--version", "b")
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[0] == first[0]  # epoch 1 was not re-run
+    import torch
+
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and len(state["history"]) == 3
+
+
+def test_bad_option_is_a_clear_error(color_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'nonet'"):
+        main(["train", "--data", str(color_dataset), "--out", str(tmp_path / "r"), "--backbone", "nonet"])
+
+
+def test_training_cli_imports_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "from service.cli import build_parser\n"
+        "p = build_parser(); a = p.parse_args(['train', '--data', 'x'])\n"
+        "assert a.func.__module__ == 'training.cli'\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
+    assert result.returncode == 0, result.stderr
