@@ -19,10 +19,12 @@ What it does, in one run:
 3. **Baseline.** ``bench/baseline_app.py`` under uvicorn: full-size Pillow decode, torchvision
    ``Resize/CenterCrop/ToTensor/Normalize``, eager PyTorch, one request at a time.
 4. **Service.** ``service.asgi:app`` under uvicorn (one worker) with the model folder.
-5. Concurrent clients (asyncio + httpx, one photo per request) post for ``--seconds`` per scenario; the
-   servers run one after the other, never side by side. Then a sequential pass measures the server's own
-   overhead (``X-Process-Time-Ms`` minus decode and inference from ``timings_ms``), and a long run of
-   ``--requests`` requests measures the service's resident memory (VmRSS) growth.
+5. Concurrent clients (asyncio + httpx, one photo per request) post for ``--seconds`` per scenario and
+   side, in ``--rounds`` alternating baseline/service windows (the machine is shared: a burst of load
+   from elsewhere then hits both sides alike); only one server is driven at a time.
+6. A sequential pass measures the server's own overhead (``X-Process-Time-Ms`` minus decode and
+   inference from ``timings_ms``), and a long run of ``--requests`` requests measures the service's
+   resident memory (VmRSS) growth.
 """
 
 from __future__ import annotations
@@ -283,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="EfficientNet-Lite0 state dict matching --model, "
                         "for the baseline")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per scenario")
+    parser.add_argument("--seconds", type=float, default=40.0,
+                        help="measurement time per scenario and side (default 40)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating baseline/service windows per photo (--seconds split among them)")
     parser.add_argument("--warmup", type=int, default=16, help="requests before each measurement")
     parser.add_argument("--sequential", type=int, default=100,
                         help="requests of the sequential overhead pass")
@@ -330,19 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         results["photo_bytes"] = {k: len(v) for k, v in photos.items()}
         bodies = {k: multipart(v) for k, v in photos.items()}
 
-        runs: dict[str, Run] = {}
+        base: Server | None = None
         if not args.skip_baseline:
             print("starting the baseline ...", flush=True)
             base = start_server("baseline", "bench.baseline_app:app",
                                 {"BENCH_TORCH_WEIGHTS": str(weights), "BENCH_NUM_CLASSES": str(num_classes)},
                                 "/health", workdir)
             servers.append(base)
-            for name, body in bodies.items():
-                runs[f"baseline {name}"] = run = measure(base.url + "/identify", body,
-                                                         concurrency=args.concurrency, seconds=args.seconds,
-                                                         warmup=max(2, args.warmup // 4))
-                print(row(f"baseline {name}", run), flush=True)
-            base.stop()
 
         print("starting the service ...", flush=True)
         env = {"POLLINID_MODELS_DIR": str(model_dir.parent.parent),
@@ -356,11 +355,30 @@ def main(argv: list[str] | None = None) -> int:
         svc = start_server("service", "service.asgi:app", env, "/api/v1/ready", workdir)
         servers.append(svc)
         url = svc.url + "/api/v1/identify"
-        for name, body in bodies.items():
-            runs[f"service {name}"] = run = measure(url, body, concurrency=args.concurrency,
-                                                    seconds=args.seconds, warmup=args.warmup)
-            mean_batch = statistics.mean(run.batch_sizes) if run.batch_sizes else float("nan")
-            print(row(f"service {name}", run) + f"  mean batch {mean_batch:.2f}", flush=True)
+
+        # Throughput and latency. The machine is shared, so the baseline and the service are measured in
+        # alternating windows (--rounds of them): a burst of load from elsewhere hits both sides alike.
+        targets = [("service", url, args.warmup)]
+        if base is not None:
+            targets.insert(0, ("baseline", base.url + "/identify", max(2, args.warmup // 4)))
+        runs: dict[str, Run] = {}
+        window = args.seconds / args.rounds
+        for rnd in range(args.rounds):
+            for name, body in bodies.items():
+                for side, target, warmup in targets:
+                    part = measure(target, body, concurrency=args.concurrency, seconds=window,
+                                   warmup=warmup if rnd == 0 else 0)
+                    total = runs.setdefault(f"{side} {name}", Run())
+                    total.latencies_ms += part.latencies_ms
+                    total.server_ms += part.server_ms
+                    total.work_ms += part.work_ms
+                    total.batch_sizes += part.batch_sizes
+                    total.errors += part.errors
+                    total.wall_s += part.wall_s
+                    print(f"round {rnd + 1}/{args.rounds} {side} {name}: {part.photos_per_s:.1f} photos/s",
+                          flush=True)
+        if base is not None:
+            base.stop()
 
         # Overhead: one request at a time, server time vs. decode + inference inside it.
         overhead: dict[str, dict[str, float]] = {}
@@ -416,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {results['machine']}; concurrency {args.concurrency}, "
               f"{args.seconds:.0f} s per scenario")
         print()
-        print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s |")
-        print("|---|---|---|---|---|---|---|")
+        print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s | mean batch |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, run in runs.items():
-            print(row(name, run))
+            mean_batch = f"{statistics.mean(run.batch_sizes):.2f}" if run.batch_sizes else "-"
+            print(row(name, run) + f" {mean_batch} |")
         if not args.skip_baseline:
             print()
             speedups = {}

@@ -98,12 +98,25 @@ class Settings(BaseSettings):
     # Activation polling (several processes share one database).
     model_poll_seconds: float = 2.0
 
+    # Background jobs (retrain, exports) and the worker that runs them.
+    jobs_dir: Path | None = Field(default=None, description="job work folders and outputs; default data_dir/jobs")
+    job_max_attempts: int = Field(default=3, ge=1, le=20, description="runs of a job whose worker died")
+    worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # A running job whose heartbeat is older than this is taken as dead (its worker was killed).
+    worker_stale_seconds: float = Field(default=30.0, gt=0)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    job_log_lines: int = Field(default=200, ge=10, le=10_000)
+    # A species not in the base dataset joins the model once it has this many validated photos.
+    retrain_min_new_class_photos: int = Field(default=10, ge=1)
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
         if self.media_dir is None:
             self.media_dir = self.data_dir / "media"
+        if self.jobs_dir is None:
+            self.jobs_dir = self.data_dir / "jobs"
         return self
 
     @property
@@ -117,6 +130,11 @@ class Settings(BaseSettings):
     def media_path(self) -> Path:
         assert self.media_dir is not None
         return self.media_dir
+
+    @property
+    def jobs_path(self) -> Path:
+        assert self.jobs_dir is not None
+        return self.jobs_dir
 
 
 @lru_cache

@@ -57,6 +57,20 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** Photos need the key too: fetch one as a blob and return an object URL for an <img>. */
+const imageCache = new Map();
+export async function authedImageUrl(path) {
+  if (imageCache.has(path)) return imageCache.get(path);
+  const headers = {};
+  const key = getKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const response = await fetch(path, { headers });
+  if (!response.ok) throw new ApiError(response.status, null);
+  const url = URL.createObjectURL(await response.blob());
+  imageCache.set(path, url);
+  return url;
+}
+
 export function showError(target, error) {
   target.textContent = error instanceof Error ? error.message : String(error);
   target.classList.remove("hidden");

@@ -1,5 +1,5 @@
 // pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
-import { api, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
+import { api, authedImageUrl, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
@@ -45,10 +45,10 @@ function setupViewer() {
   $("zoom-out").addEventListener("click", () => zoomBy(0.8));
   $("zoom-reset").addEventListener("click", fit);
 }
-function showPhoto(index) {
+async function showPhoto(index) {
   const photos = state.item.photos;
   state.photoIndex = index;
-  $("photo").src = photos[index].url;
+  $("photo").src = await authedImageUrl(photos[index].url);
   $("photo").alt = `Photo ${index + 1} of ${photos.length}`;
   for (const [i, t] of [...$("thumbs").children].entries()) t.setAttribute("aria-current", String(i === index));
 }
@@ -59,8 +59,10 @@ function renderItem(obs) {
   state.taxonChoice = null;
   $("item").classList.remove("hidden");
   $("item-title").textContent = `Observation ${obs.id}`;
-  $("thumbs").replaceChildren(...obs.photos.map((p, i) => el("img", { src: p.url, alt: `Photo ${i + 1}`, tabindex: 0,
-    onclick: () => showPhoto(i), onkeydown: (e) => { if (e.key === "Enter") showPhoto(i); } })));
+  const thumbs = obs.photos.map((p, i) => el("img", { alt: `Photo ${i + 1}`, tabindex: 0,
+    onclick: () => showPhoto(i), onkeydown: (e) => { if (e.key === "Enter") showPhoto(i); } }));
+  $("thumbs").replaceChildren(...thumbs);
+  obs.photos.forEach((p, i) => authedImageUrl(p.url).then((url) => { thumbs[i].src = url; }));
   if (obs.photos.length) showPhoto(0);
   const meta = [
     ["Observed", obs.observed_at ? new Date(obs.observed_at).toLocaleString() : "—"],
@@ -98,6 +100,12 @@ async function next() {
   if (!getKey()) { $("queue-status").textContent = "Sign in with a specialist key."; return; }
   $("queue-status").textContent = "Loading…";
   try {
+    if (!state.me) state.me = await api("/api/v1/users/me");
+    if (!["expert", "admin"].includes(state.me.role)) {
+      $("queue-status").textContent = `This key belongs to ${state.me.name}, a ${state.me.role}: the queue needs a specialist key.`;
+      $("item").classList.add("hidden");
+      return;
+    }
     const page = await api("/api/v1/validation/queue", { query: { limit: 1 } });
     if (!page.data.length) {
       $("queue-status").textContent = "The queue is empty. Thank you!";
@@ -124,6 +132,7 @@ async function identify(kind) {
     const result = await api(`/api/v1/observations/${state.item.id}/identifications`, { method: "POST", json: body });
     $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replace("_", " ")}` +
       (result.consensus.taxon ? ` — ${taxonName(result.consensus.taxon)}` : "");
+    $("identify-status").classList.remove("hidden");
     await next();
   } catch (error) {
     showError($("identify-error"), error);
@@ -184,7 +193,7 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "-") zoomBy(0.8);
 });
 
-setupSignIn($("signin"), $("signin-status"), next);
+setupSignIn($("signin"), $("signin-status"), () => { state.me = null; next(); });
 setupViewer();
 setupAutocomplete();
 $("next").addEventListener("click", next);

@@ -62,6 +62,7 @@ function markSelected() {
 
 async function identify() {
   $("identify-error").classList.add("hidden");
+  $("saved").classList.add("hidden");
   $("identify").disabled = true;
   $("identify-status").textContent = "Identifying…";
   try {
@@ -141,7 +142,7 @@ async function submitObservation(event) {
   $("submit-error").classList.add("hidden");
   if (!state.prepared) { showError($("submit-error"), "Add photos and identify them first."); return; }
   const form = new FormData();
-  for (const file of state.prepared.files) form.append("images", file, file.name);
+  for (const file of state.prepared.files) form.append("photos", file, file.name);
   const observedAt = $("observed-at").value;
   if (observedAt) form.append("observed_at", new Date(observedAt).toISOString());
   if ($("latitude").value && $("longitude").value) {
@@ -154,13 +155,19 @@ async function submitObservation(event) {
   if ($("notes").value.trim()) form.append("notes", $("notes").value.trim());
   const session = currentSession();
   if (session) form.append("session_id", session.id);
-  if (state.picked) form.append("proposed_taxon", state.picked.label);
   $("submit").disabled = true;
   $("submit-status").textContent = "Sending…";
   try {
     const created = await api("/api/v1/observations", {
       method: "POST", form, headers: { "Idempotency-Key": crypto.randomUUID() } });
-    $("submit-status").textContent = `Saved as observation ${created.id}. Thank you!`;
+    if (state.picked) {
+      // The volunteer's own pick is their identification of the observation.
+      await api(`/api/v1/observations/${created.id}/identifications`, {
+        method: "POST", json: { kind: "propose", taxon: state.picked.label } });
+    }
+    $("submit-status").textContent = "";
+    $("saved").textContent = `Saved as observation ${created.id}. Thank you! Photograph the next insect.`;
+    $("saved").classList.remove("hidden");
     state.files = []; state.prepared = null; state.result = null; state.picked = null;
     renderPreviews();
     $("results-panel").classList.add("hidden");
@@ -183,11 +190,11 @@ async function loadMine() {
     return;
   }
   try {
-    const page = await api("/api/v1/observations", { query: { mine: "true", limit: 50 } });
+    const page = await api("/api/v1/observations", { query: { limit: 50 } });
     body.replaceChildren(...page.data.map((o) => el("tr", {},
       el("td", {}, o.observed_at ? new Date(o.observed_at).toLocaleString() : "—"),
       el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replace("_", " "))),
-      el("td", {}, o.consensus_taxon ? (o.consensus_taxon.scientific_name || o.consensus_taxon.name) : "—"),
+      el("td", {}, o.community_taxon ? o.community_taxon.scientific_name : (o.taxon ? `${o.taxon.scientific_name} (model)` : "—")),
       el("td", {}, o.session_id ? o.session_id.slice(0, 8) : "—"))));
     if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No observations yet.")));
   } catch (error) {

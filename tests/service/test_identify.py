@@ -173,3 +173,12 @@ def test_temperature_from_the_card_softens_scores(tmp_path, sqlite_url) -> None:
     for version, t in (("1", 1.0), ("4", 4.0)):
         p = np.exp(logits / t) / np.exp(logits / t).sum()
         assert scores[version] == pytest.approx(p[0], abs=2e-3)
+
+
+def test_openapi_documents_identify(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/api/v1/identify"]["post"]
+    params = {p["name"] for p in op["parameters"]}
+    assert {"top_k", "taxon"} <= params
+    assert "multipart/form-data" in op["requestBody"]["content"]
+    assert {"413", "415", "422", "503"} <= set(op["responses"])

@@ -1,0 +1,101 @@
+"""The non-regression gate: may a retrained candidate replace the active model?
+
+Both models are evaluated on the same held-out photos (the base dataset's validation split plus a held-out
+slice of validated observations), through ONNX Runtime with the shared preprocessing. Following Pl@ntNet's
+non-regression principle, the candidate passes when
+
+* its overall top-1 accuracy is no worse than the active model's beyond ``tolerance``, and
+* no class (with at least ``min_class_support`` evaluation photos) loses more than ``class_margin`` of
+  per-class accuracy (recall).
+
+The comparison is on the classes both models know; the candidate's new classes are reported, not gated.
+This module is pure (no database, no ONNX): the worker feeds it the two metric sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OVERALL_KEYS: tuple[str, ...] = ("top1", "top3", "nll", "macro_f1", "ece")
+# Lower is better for these metrics.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"nll", "ece"})
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The gate's thresholds (validated by :class:`service.schemas.jobs.RetrainCreate`)."""
+
+    tolerance: float = 0.01
+    class_margin: float = 0.05
+    min_class_support: int = 3
+
+
+def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: GateConfig) -> dict[str, Any]:
+    """Compare two metric sets from the same photos and decide.
+
+    Args:
+        candidate: the candidate's metrics (``top1``, ``per_class: {label: {recall, f1, support}}`` …).
+        active: the active model's metrics on the same photos, or None when no model is active.
+        config: the thresholds.
+
+    Returns:
+        ``{"passed", "reasons", "config", "overall": {metric: {candidate, active, delta}},
+        "per_class": [{label, candidate, active, delta, support, checked, regressed}]}``; per-class values
+        are accuracies (recall).
+    """
+    out: dict[str, Any] = {"config": asdict(config), "reasons": [], "overall": {}, "per_class": []}
+    if active is None:
+        out["passed"] = True
+        out["reasons"].append("no active model to compare with: the candidate passes")
+        for key in OVERALL_KEYS:
+            out["overall"][key] = {"candidate": candidate.get(key), "active": None, "delta": None}
+        return out
+    for key in OVERALL_KEYS:
+        c, a = candidate.get(key), active.get(key)
+        delta = None if c is None or a is None else float(c) - float(a)
+        out["overall"][key] = {"candidate": c, "active": a, "delta": delta}
+    passed = True
+    c1, a1 = candidate.get("top1"), active.get("top1")
+    if c1 is None or a1 is None:
+        passed = False
+        out["reasons"].append("top-1 accuracy missing from a metric set")
+    elif float(c1) < float(a1) - config.tolerance:
+        passed = False
+        out["reasons"].append(
+            f"overall top-1 {float(c1):.4f} is worse than the active model's {float(a1):.4f} by more than "
+            f"the tolerance {config.tolerance:g}"
+        )
+    c_classes: dict[str, Any] = candidate.get("per_class") or {}
+    a_classes: dict[str, Any] = active.get("per_class") or {}
+    regressed: list[str] = []
+    for label in sorted(set(c_classes) & set(a_classes)):
+        ca, aa = c_classes[label], a_classes[label]
+        support = int(aa.get("support") or 0)
+        if support == 0:
+            continue  # not in the evaluation photos
+        c_acc, a_acc = float(ca.get("recall", 0.0)), float(aa.get("recall", 0.0))
+        checked = support >= config.min_class_support
+        drop = a_acc - c_acc
+        is_regression = checked and drop > config.class_margin + 1e-12
+        if is_regression:
+            regressed.append(label)
+        out["per_class"].append({
+            "label": label, "candidate": c_acc, "active": a_acc, "delta": c_acc - a_acc, "support": support,
+            "checked": checked, "regressed": is_regression,
+        })
+    if regressed:
+        passed = False
+        out["reasons"].append(
+            f"{len(regressed)} class(es) lose more than {config.class_margin:g} accuracy: {regressed[:10]}"
+        )
+    unchecked = [r["label"] for r in out["per_class"] if not r["checked"]]
+    if unchecked:
+        out["reasons"].append(
+            f"{len(unchecked)} class(es) with fewer than {config.min_class_support} evaluation photos not "
+            f"gated: {unchecked[:10]}"
+        )
+    if passed:
+        out["reasons"].insert(0, "no regression beyond the tolerance and the per-class margin")
+    out["passed"] = passed
+    return out

@@ -1,0 +1,108 @@
+"""A volunteer identifies and records a real photo; a specialist validates it; all in Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from service import auth
+from service.tables import Observation
+
+pytestmark = pytest.mark.browser
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _user(server, name: str, role: str) -> str:
+    state = server.app.state
+    with state.sessionmaker() as session:
+        _, key = auth.create_user(session=session, settings=state.settings, name=name, role=role)
+        session.commit()
+    return key
+
+
+def _sign_in(page, key: str) -> None:
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in with a key.").wait_for()
+
+
+def test_volunteer_uploads_a_real_photo_then_a_specialist_validates_it(live_server, page):
+    volunteer = _user(live_server, "vera", "volunteer")
+    expert = _user(live_server, "eric", "expert")
+
+    # --- volunteer, on a phone-sized screen -----------------------------------------------------------
+    page.goto(live_server.url + "/")
+    _sign_in(page, volunteer)
+    page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(FIXTURES / "red_admiral.jpg"))
+    page.get_by_role("button", name="Identify").click()
+    cards = page.locator(".card")
+    cards.first.wait_for()
+    assert cards.count() == 3  # the test model knows three species
+    assert page.locator("#rollup").inner_text().strip() != ""
+    first = cards.first.get_attribute("data-label")
+    cards.first.click()
+    assert "selected" in (cards.first.get_attribute("class") or "")
+    page.get_by_label("Flower visited").fill("Knautia arvensis")
+    page.get_by_label("Latitude").fill("45.1")
+    page.get_by_label("Longitude").fill("5.7")
+    page.get_by_role("button", name="Submit observation").click()
+    page.get_by_text(re.compile(r"Saved as observation \d+")).wait_for()
+    page.locator("#mine tr .status").first.wait_for()
+    assert "needs id" in page.locator("#mine").inner_text()
+
+    state = live_server.app.state
+    with state.sessionmaker() as session:
+        obs = session.scalars(select(Observation)).one()
+        assert obs.flower_text == "Knautia arvensis"
+        assert abs(obs.latitude - 45.1) < 1e-9
+        obs_id = obs.id
+
+    # --- a specialist agrees with the volunteer's pick: two agreeing identifications validate it ---------
+    page.goto(live_server.url + "/expert")  # still holds the volunteer's key: the page says so, no 403
+    page.get_by_text("the queue needs a specialist key").wait_for()
+    _sign_in(page, expert)
+    page.get_by_role("heading", name=f"Observation {obs_id}").wait_for()
+    page.locator("#photo[src^='blob:']").wait_for()  # the photo is fetched with the key
+    assert "vera" in page.locator("#history").inner_text()  # the volunteer's proposal is in the history
+    page.keyboard.press("a")  # keyboard shortcut: agree
+    page.get_by_text(re.compile(r"Saved\. Status: validated")).wait_for()
+
+    with state.sessionmaker() as session:
+        obs = session.get(Observation, obs_id)
+        assert obs.status == "validated"
+        assert obs.community_taxon_id is not None
+
+    # The volunteer sees the validated status on their list.
+    page.goto(live_server.url + "/")
+    _sign_in(page, volunteer)
+    page.locator("#mine .status.validated").wait_for()
+    assert first is not None
+
+
+def test_volunteer_page_fits_a_small_screen_and_reports_a_bad_photo(live_server, page, tmp_path):
+    page.goto(live_server.url + "/")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"page is {width}px wide on a 360px screen"
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"this is not a photo")
+    page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(bad))
+    page.get_by_role("button", name="Identify").click()
+    alert = page.get_by_role("alert").filter(has_text=re.compile("image|photo", re.I))
+    alert.wait_for()
+    # The failed request itself is logged by Chromium; that is the expected error here.
+    page.console_errors[:] = [e for e in page.console_errors if not re.search(r"\b(415|422)\b", e)]
+
+
+def test_volunteer_page_is_light(live_server, page):
+    """The volunteer page's own JavaScript and CSS stay under 200 KB and it loads in under a second."""
+    sizes: dict[str, int] = {}
+    page.on("response", lambda r: sizes.__setitem__(r.url, len(r.body())) if r.url.endswith((".js", ".css")) else None)
+    page.goto(live_server.url + "/")
+    page.wait_for_load_state("load")
+    timing = page.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")
+    assert sum(sizes.values()) < 200 * 1024, sizes
+    assert {Path(u).name for u in sizes} >= {"app.css", "api.js", "volunteer.js", "photos.js"}
+    assert timing["loadEventEnd"] - timing["startTime"] < 1000
