@@ -61,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.middleware import BodySizeLimitMiddleware
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    from service.security import install_hardening
+
+    install_hardening(app, settings)  # body deadline, rate limits, security headers, CORS
     app.add_middleware(MetricsMiddleware)  # outermost: times and counts everything, 413s included
 
     from service.routes import health, identify, metrics
@@ -82,9 +85,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (users, admin, observations, identifications, validation, taxa, media, stats, exports):
         app.include_router(module.router, prefix="/api/v1")
+    from service.routes import jobs as job_routes
+    from service.routes import models as model_routes
+
+    app.include_router(job_routes.router, prefix="/api/v1")
+    app.include_router(model_routes.router, prefix="/api/v1")
 
     # Web pages last, so API routes always win.
     from service.routes.pages import mount_pages
 
     mount_pages(app, settings.frontend_dir)
+    from service.openapi_errors import document_errors
+
+    document_errors(app, rate_limited=settings.rate_limit_enabled)  # every error answer, one JSON model
     return app

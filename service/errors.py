@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -110,10 +111,20 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden",
-                413: "payload_too_large", 429: "rate_limited"}.get(exc.status_code, "http_error")
+                408: "request_timeout", 413: "payload_too_large", 429: "rate_limited"}.get(exc.status_code,
+                                                                                         "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return JSONResponse(error_body(code, message), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(_: Request, exc: Exception) -> JSONResponse:
+        # A number too large for the database (an id of 2**70: SQLite raises OverflowError, PostgreSQL a
+        # DataError for out-of-range values): the request is at fault, not the service.
+        logger.info("request value out of range for the database: %s", exc)
+        return JSONResponse(error_body("invalid_request", "a value in the request is out of range"),
+                            status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort

@@ -96,7 +96,8 @@ def _next_version(models_dir: Path, name: str, existing: list[str], job_id: int)
     return f"r{job_id}"
 
 
-def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: list[str], job_id: int) -> str:
+def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: list[str],
+                     job_id: int) -> str:
     """Create the version's folder atomically (two jobs never share one) and return the version."""
     (models_dir / name).mkdir(parents=True, exist_ok=True)
     for _ in range(100):
@@ -163,14 +164,15 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
                 writer.writeheader()
                 for label, info in rows.items():
                     writer.writerow({"label": label, **{k: v or "" for k, v in info.items()}})
-        active = _active_row(session)
+        row = _active_row(session)
+        active = (row.name, row.version, row.path) if row is not None else None
         existing = list(session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)))
         session.rollback()
     version = params.get("resolved_version") or _reserve_version(
         settings.models_dir, name, params.get("version"), existing, job_id)
     active_folder = None
-    if active is not None and (Path(active.path) / ONNX_FILENAME).is_file():
-        active_folder = str(Path(active.path).resolve())
+    if active is not None and (Path(active[2]) / ONNX_FILENAME).is_file():
+        active_folder = str(Path(active[2]).resolve())
     train = {
         "backbone": params["backbone"], "pretrained": params["pretrained"], "mode": params["mode"],
         "epochs": params["epochs"], "batch_size": params["batch_size"], "lr": params["lr"],
@@ -188,11 +190,12 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
         "observations_taxonomy": str(taxonomy) if taxonomy else None,
         "observations_exported": {"observations": observations, "photos": photos,
                                   "since": params.get("observations_since")},
-        "min_new_class_photos": int(params.get("min_new_class_photos") or settings.retrain_min_new_class_photos),
+        "min_new_class_photos": int(params.get("min_new_class_photos")
+                                    or settings.retrain_min_new_class_photos),
         "gate_holdout": params["gate_holdout"],
         "seed": params["seed"],
         "active_model": active_folder,
-        "active_model_ref": f"{active.name}/{active.version}" if active is not None else None,
+        "active_model_ref": f"{active[0]}/{active[1]}" if active is not None else None,
         "name": name,
         "version": version,
         "export_dir": str((settings.models_dir / name / version).resolve()),
@@ -235,7 +238,8 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
     tmp = folder / ".gate.json.tmp"
     tmp.write_text(json.dumps(gate, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, folder / "gate.json")
-    registry = ModelRegistry(settings.models_dir, factory, RuntimeOptions(providers="cpu", intra_op_threads=1))
+    options = RuntimeOptions(providers="cpu", intra_op_threads=1)
+    registry = ModelRegistry(settings.models_dir, factory, options)
     registry.scan()  # registers the new version's row (its card is read, not yet loaded)
     activated = False
     activation_error = None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def bundled_models_dir() -> Path:
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     model_poll_seconds: float = 2.0
 
     # Background jobs (retrain, exports) and the worker that runs them.
-    jobs_dir: Path | None = Field(default=None, description="job work folders and outputs; default data_dir/jobs")
+    jobs_dir: Path | None = Field(default=None, description="job folders and outputs; default data_dir/jobs")
     job_max_attempts: int = Field(default=3, ge=1, le=20, description="runs of a job whose worker died")
     worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
     # A running job whose heartbeat is older than this is taken as dead (its worker was killed).
@@ -109,7 +109,31 @@ class Settings(BaseSettings):
     # A species not in the base dataset joins the model once it has this many validated photos.
     retrain_min_new_class_photos: int = Field(default=10, ge=1)
 
+    # Hardening (see service/ratelimit.py, service/security.py and docs/hardening.md).
+    # Rate limits, per process (each uvicorn worker counts on its own): requests per window per client
+    # address and per API key. 0 turns one limit off; rate_limit_enabled=False turns both off (benches).
+    rate_limit_enabled: bool = True
+    rate_limit_per_ip: int = Field(default=1200, ge=0)
+    rate_limit_per_key: int = Field(default=600, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # Origins allowed to call the API from a browser (CORS), comma-separated; default none (same origin).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Strict-Transport-Security max-age; set it (e.g. 31536000) only when the service is reached over HTTPS.
+    hsts_seconds: int = Field(default=0, ge=0)
+    # A request body must arrive within this many seconds (slow uploads get 408).
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Orphan temporary media files younger than this are left alone at start (another process may be
+    # writing them).
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+
     log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

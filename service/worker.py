@@ -21,6 +21,7 @@ If the worker itself is killed, its heartbeat stops; another worker re-queues th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,10 +75,8 @@ def kill_group(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
 
@@ -181,7 +180,8 @@ class Worker:
                 return
         except Exception as exc:
             logger.exception("job %d could not be prepared", job.id)
-            self._finish(job, JobState.failed, error=f"preparing the job failed: {getattr(exc, 'message', exc)}")
+            reason = getattr(exc, "message", exc)
+            self._finish(job, JobState.failed, error=f"preparing the job failed: {reason}")
             return
 
         outcome, stream = self._supervise(job, cmd, work)
@@ -206,7 +206,8 @@ class Worker:
             result = self._complete(job, spec or {}, work)
         except Exception as exc:
             logger.exception("job %d: finishing failed", job.id)
-            self._finish(job, JobState.failed, error=f"finishing the job failed: {getattr(exc, 'message', exc)}",
+            reason = getattr(exc, "message", exc)
+            self._finish(job, JobState.failed, error=f"finishing the job failed: {reason}",
                          log=traceback.format_exc().splitlines()[-3:])
             return
         self._finish(job, JobState.succeeded, result=result, log=self._summary(job, result))

@@ -63,6 +63,17 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         help="do not cache the frozen prefix's activations (linear/partial)",
     )
     p.add_argument("--views", type=int, help="augmented views cached per training photo (default 6)")
+    p.add_argument(
+        "--clean-view",
+        action="store_true",
+        default=None,
+        help="make the first cached view of each photo the evaluation view (the service's layout)",
+    )
+    p.add_argument(
+        "--augment",
+        type=json.loads,
+        help='augmentation overrides as JSON, e.g. \'{"scale": [0.35, 1.0], "zoom_out": 0.3}\'',
+    )
     p.add_argument("--cache-dir", help="where feature caches live (default RUN/cache)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -144,6 +155,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:  # type:
     p.add_argument("--image-root")
     p.add_argument("--onnx-file", help="another ONNX file of the folder (model.fp16.onnx, model.int8.onnx)")
     p.add_argument("--tta", action="store_true", help="also evaluate with test-time augmentation")
+    p.add_argument(
+        "--field", action="store_true", help="also evaluate on field-like composites of the photos"
+    )
     p.add_argument("--out", help="report folder (default MODEL/eval-SPLIT)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -164,7 +178,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if split not in data.splits:
         print(f"error: no {split!r} split in {args.data}; splits: {sorted(data.splits)}", file=sys.stderr)
         return 2
-    evaluation = evaluate_model_dir(folder, data.splits[split], tta=args.tta, onnx_file=args.onnx_file)
+    evaluation = evaluate_model_dir(
+        folder, data.splits[split], tta=args.tta, field=args.field, onnx_file=args.onnx_file
+    )
     out = Path(args.out) if args.out else folder / f"eval-{split}"
     write_report(out, card=card, evaluation=evaluation, problems=data.report.lines())
     m = evaluation["metrics"]
@@ -185,6 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "family_accuracy": m["family_accuracy"],
                 "images_per_second": evaluation["timing"]["images_per_second"],
                 "tta_top1": evaluation.get("tta", {}).get("metrics", {}).get("top1"),
+                "field_top1": evaluation.get("field", {}).get("metrics", {}).get("top1"),
             },
             indent=2,
         )

@@ -36,6 +36,32 @@ def tta_views(img: Image.Image, crop: float = 0.85) -> list[Image.Image]:
     return views + [v.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for v in views]
 
 
+FIELD_DESCRIPTION = (
+    "each photo pasted, at 35-65% of the frame's shorter side and at a random off-centre position, into a "
+    "4:3 or 3:4 frame of 640-1600 px whose background is a blurred enlargement of the same photo"
+)
+
+
+def field_composite(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A field-like version of a centred photo: a small, off-centre subject in a large, busy frame."""
+    from PIL import ImageFilter
+
+    long_side = int(rng.integers(640, 1601))
+    w, h = (long_side, long_side * 3 // 4) if rng.random() < 0.5 else (long_side * 3 // 4, long_side)
+    background = img.resize((w, h), Image.Resampling.BILINEAR).filter(
+        ImageFilter.GaussianBlur(long_side / 40)
+    )
+    side = max(16, round(min(w, h) * rng.uniform(0.35, 0.65)))
+    scale = side / max(img.size)
+    subject = img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
+    )
+    x = int(rng.integers(0, w - subject.width + 1))
+    y = int(rng.integers(0, h - subject.height + 1))
+    background.paste(subject, (x, y))
+    return background
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -70,6 +96,7 @@ def evaluate_model_dir(
     classes: Sequence[str] | None = None,
     *,
     tta: bool = False,
+    field: bool = False,
     onnx_file: str | None = None,
     batch_size: int = 32,
     progress: bool = False,
@@ -81,6 +108,7 @@ def evaluate_model_dir(
         samples: labelled photos; labels the model does not have are counted and skipped.
         classes: unused label list check (the card's labels are authoritative).
         tta: also evaluate with test-time augmentation (12 views per photo) and report its cost.
+        field: also evaluate on field-like composites of the photos (:func:`field_composite`).
         onnx_file: evaluate another ONNX file of the folder (e.g. ``model.int8.onnx``).
         batch_size: photos per ONNX Runtime call.
         progress: show a progress bar.
@@ -136,6 +164,18 @@ def evaluate_model_dir(
             "images_per_second": len(y) / max(seconds, 1e-9),
         },
     }
+    if field:
+        rng = np.random.default_rng(0)
+        composites = [field_composite(im, rng) for im in images]
+        outs = [
+            runner.logits(np.stack([preprocess(im, spec) for im in chunk]))
+            for chunk in _batches(composites, batch_size)
+        ]
+        field_logits = np.concatenate(outs)
+        result["field"] = {
+            "metrics": compute_metrics(field_logits, y, card.labels, card.taxonomy, temperature=t),
+            "description": FIELD_DESCRIPTION,
+        }
     if tta:
         t1 = time.perf_counter()
         probs = []

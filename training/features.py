@@ -112,6 +112,7 @@ def cache_features(
     threads: int = 0,
     progress: bool = True,
     progress_callback: Any = None,
+    clean_transform: Any = None,
 ) -> FeatureCache:
     """Run ``model.stages[:stop]`` over ``views`` passes of ``dataset`` and store the outputs.
 
@@ -127,6 +128,8 @@ def cache_features(
         threads: ONNX Runtime intra-op threads (0 = all cores).
         progress: show a tqdm bar.
         progress_callback: called as ``callback(done_images, total_images)``.
+        clean_transform: when given, view 0 uses it instead of the dataset's transform (e.g. the evaluation
+            transform: one view per photo laid out exactly as the service will see it).
     """
     from tqdm import tqdm
 
@@ -144,6 +147,8 @@ def cache_features(
     }
     if dataset.min_side is not None:
         key_doc["min_side"] = dataset.min_side
+    if clean_transform is not None:
+        key_doc["clean_view"] = getattr(clean_transform, "describe", lambda: repr(clean_transform))()
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = Path(cache_dir) / key
     n = len(dataset)
@@ -170,7 +175,9 @@ def cache_features(
     done = 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"caching {folder.name[:8]}", unit="img", disable=not progress)
+    augment = dataset.transform
     for v in range(views):
+        dataset.transform = clean_transform if (v == 0 and clean_transform is not None) else augment
         generator = torch.Generator().manual_seed(seed + v)
         if hasattr(dataset.transform, "rng"):
             import random

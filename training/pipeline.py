@@ -30,7 +30,7 @@ from torch import nn
 from service.modelcard import Calibration, InputSpec, ModelCard
 from service.preprocess import decode_min_side
 from training import backbones
-from training.calibration import calibrate
+from training.calibration import calibrate, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import (
     LabelledData,
@@ -74,6 +74,7 @@ class TrainConfig:
     trainable_stages: int = 2
     cache: bool = True
     views: int = 6
+    clean_view: bool = False
     cache_dir: str | None = None
     epochs: int = 10
     batch_size: int = 128
@@ -326,6 +327,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
                 threads=config.threads,
                 progress=progress,
                 progress_callback=cb,
+                clean_transform=eval_tf if (key == "train" and config.clean_view) else None,
             )
         if dist.distributed and main:
             torch.distributed.barrier()
@@ -382,7 +384,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             scaler.load_state_dict(state["scaler"])
         first_epoch, best_nll, bad_epochs = state["epoch"] + 1, state["best_nll"], state["bad_epochs"]
         history = state.get("history", [])
-        report("train", 0.45, f"resumed from {last_ckpt} after epoch {state['epoch']}")
+        report("train", 0.45, f"resumed from {last_ckpt} after epoch {state['epoch'] + 1}")
 
     from training.metrics import nll as nll_metric
 
@@ -411,7 +413,10 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             desc=f"epoch {epoch + 1}/{config.epochs}",
         )
         logits, y, _ = evaluate(net, held_loader, device=device, amp=config.amp)
-        held_nll = nll_metric(logits, y)
+        # Early stopping watches the held-out NLL after temperature scaling: label smoothing keeps the raw
+        # logits under-confident, so their NLL can rise while the ranking (what calibration keeps) improves.
+        held_temperature = fit_temperature(logits, y)
+        held_nll = nll_metric(logits, y, held_temperature)
         held_acc = float((logits.argmax(1) == y).mean())
         improved = held_nll < best_nll - 1e-4
         best_nll, bad_epochs = (held_nll, 0) if improved else (best_nll, bad_epochs + 1)
@@ -420,6 +425,8 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             "train_loss": round(stats["loss"], 5),
             "train_accuracy": round(stats["accuracy"], 5),
             "held_nll": round(held_nll, 5),
+            "held_nll_uncalibrated": round(nll_metric(logits, y), 5),
+            "held_temperature": round(held_temperature, 4),
             "held_accuracy": round(held_acc, 5),
             "lr": optimizer.param_groups[0]["lr"],
             "images": stats["images"],
@@ -448,7 +455,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         report(
             "train",
             0.45 + 0.4 * (epoch + 1) / config.epochs,
-            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, held-out NLL {held_nll:.3f}, "
+            f"epoch {epoch + 1}: loss {stats['loss']:.3f}, held-out NLL {held_nll:.3f} (T-scaled), "
             f"acc {held_acc:.3f} ({stats['images_per_second']:.0f} img/s)",
             epoch=epoch + 1,
         )
@@ -582,7 +589,9 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         overwrite=True,
     )
     report("evaluate", 0.95, f"evaluating the exported model on {len(eval_samples)} photos")
-    evaluation = evaluate_model_dir(export_dir, eval_samples, classes, tta=config.tta, progress=progress)
+    evaluation = evaluate_model_dir(
+        export_dir, eval_samples, classes, tta=config.tta, field=True, progress=progress
+    )
     metrics = evaluation["metrics"]
     variants = {}
     for kind, path in result.variants.items():
@@ -614,6 +623,12 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     }
     card.metrics["evaluation_split"] = eval_split or "held-out"
     card.metrics["per_class"] = metrics["per_class"]
+    if "field" in evaluation:
+        fm = evaluation["field"]["metrics"]
+        card.metrics["field_composites"] = {
+            **{k: fm[k] for k in ("top1", "top3", "nll", "ece")},
+            "description": evaluation["field"]["description"],
+        }
     if "tta" in evaluation:
         card.metrics["tta"] = {k: evaluation["tta"]["metrics"][k] for k in ("top1", "top3", "nll", "ece")}
     if variants:

@@ -160,6 +160,14 @@ def write_report(
             else None
         ),
         "variants": variants or {},
+        "field": (
+            {
+                "metrics": {k: v for k, v in evaluation["field"]["metrics"].items() if k != "per_class"},
+                "description": evaluation["field"]["description"],
+            }
+            if "field" in evaluation
+            else None
+        ),
         "skipped": evaluation.get("skipped", {}),
         "data_problems": problems or [],
         "history": history or [],
@@ -232,6 +240,16 @@ def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
     for key, value in timing.items():
         if key != "test":
             lines.append(f"- {key}: {value:.2f}" if isinstance(value, float) else f"- {key}: {value}")
+    if doc.get("field"):
+        f = doc["field"]
+        lines += [
+            "",
+            "## Field-like photos",
+            "",
+            f"The same photos as field-like composites ({f['description']}): "
+            f"top-1 {_fmt(f['metrics']['top1'])}, top-3 {_fmt(f['metrics']['top3'])}, "
+            f"NLL {_fmt(f['metrics']['nll'])}, ECE {_fmt(f['metrics']['ece'])}.",
+        ]
     if doc.get("tta"):
         tta = doc["tta"]
         lines += [

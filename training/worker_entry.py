@@ -114,7 +114,6 @@ def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     below = {label: n for label, n in sorted(counts.items()) if label not in base_classes and n < minimum}
     obs = [s for s in obs if s.label not in below]
     obs_train, obs_held = (group_split(obs, float(spec["gate_holdout"]), seed=seed) if obs else ([], []))
-    held_labels = Counter(s.label for s in obs_held)
     # A new species must keep training photos: if the split sent all of them to the held-out side, keep
     # them for training (they are then not part of the gate's evaluation set).
     train_labels = {s.label for s in obs_train}
@@ -181,7 +180,7 @@ def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[
     out: dict[str, Any] = {}
     full = [s for s in samples if s.label in cand_labels]
     if full:
-        out["candidate_all"] = {k: v for k, v in strip(evaluate_model_dir(candidate_dir, full)["metrics"]).items()}
+        out["candidate_all"] = strip(evaluate_model_dir(candidate_dir, full)["metrics"])
     if active_dir is None:
         out["candidate"] = out.get("candidate_all", {})
         out["active"] = None

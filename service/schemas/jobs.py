@@ -26,7 +26,7 @@ class RetrainCreate(BaseModel):
     )
     include_observations: bool = Field(True, description="add the photos of validated observations")
     observations_since: datetime | None = Field(None, description="only observations validated since")
-    name: str | None = Field(None, pattern=NAME_PATTERN, description="model name; default: the active model's")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="model name; default: the active one's")
     version: str | None = Field(None, pattern=NAME_PATTERN, description="new version; default: the next one")
     backbone: str = Field("efficientnet_lite0", pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")
     pretrained: bool = True

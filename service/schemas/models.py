@@ -20,7 +20,7 @@ class ModelVersionPublic(BaseModel):
     error: str | None = Field(description="why this version cannot serve, if it cannot")
     architecture: str | None
     labels: list[str]
-    metrics: dict[str, Any] = Field(description="metrics on its evaluation set (from the card), per_class incl.")
+    metrics: dict[str, Any] = Field(description="metrics on its evaluation set (card), per_class incl.")
     training: dict[str, Any] = Field(description="training provenance (from the card)")
     live: ModelAccuracy | None = Field(description="accuracy on validated observations it predicted")
     files: list[str] = Field(description="report files served by /admin/models/{name}/{version}/files/…")

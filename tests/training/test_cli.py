@@ -94,6 +94,7 @@ def test_one_epoch_smoke_run_through_the_cli(color_dataset: Path, tmp_path: Path
                 "--data",
                 str(color_dataset),
                 "--tta",
+                "--field",
                 "--out",
                 str(tmp_path / "eval"),
             ]
@@ -102,7 +103,9 @@ def test_one_epoch_smoke_run_through_the_cli(color_dataset: Path, tmp_path: Path
     )
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["top1"] == pytest.approx(card.metrics["top1"])
-    assert evaluated["tta_top1"] is not None
+    assert evaluated["tta_top1"] is not None and evaluated["field_top1"] is not None
+    # The pipeline evaluated the same photos as field-like composites too.
+    assert 0 <= card.metrics["field_composites"]["top1"] <= 1
     assert "Test-time augmentation" in (tmp_path / "eval" / "report.md").read_text()
 
     # export: re-export the run's model.pt to a new folder (parity-checked).

@@ -79,3 +79,15 @@ def test_unreadable_photo_in_dataset_yields_none(tmp_path) -> None:
         [Sample(bad, "x"), Sample(good, "x")], {"x": 0}, EvalTransform(InputSpec(size=16, resize=16))
     )
     assert ds[0] is None and ds[1] is not None
+
+
+def test_field_composite_is_a_large_off_centre_frame() -> None:
+    from training.evaluation import field_composite
+
+    photo = color_photo((200, 30, 30), (224, 224), seed=2)
+    rng = np.random.default_rng(0)
+    frames = [field_composite(photo, rng) for _ in range(5)]
+    for frame in frames:
+        short, long = sorted(frame.size)
+        assert long >= 640 and abs(short - long * 3 // 4) <= 1
+    assert len({f.size for f in frames}) > 1
