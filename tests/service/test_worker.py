@@ -41,7 +41,8 @@ def setup(tmp_path: Path, settings: Settings) -> Iterator[tuple[Settings, sessio
 def _retrain_job(settings: Settings, factory: sessionmaker[Session], base: Path, *, max_attempts: int,
                  epochs: int = 200) -> int:
     body = RetrainCreate.model_validate({"base_dataset": str(base), "name": "tiny",
-                                         "include_observations": False, **{**TRAIN_OPTIONS, "epochs": epochs}})
+                                         "include_observations": False,
+                                         **{**TRAIN_OPTIONS, "epochs": epochs}})
     with factory() as session:
         params = check_request(body, session=session, settings=settings)
         job = jobs.create_job(session=session, kind="retrain", params=params, created_by=None,
