@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.taxa import install_taxa_sync
 
         install_taxa_sync(app.state)  # taxa of the model cards, now and on every swap
-        clean_orphans(app.state.sessionmaker, settings.media_path)  # photos left by a crashed upload
+        clean_orphans(app.state.sessionmaker, settings.media_path,  # photos left by a crashed upload
+                      grace_seconds=settings.orphan_grace_seconds)
         try:
             yield
         finally:

@@ -52,6 +52,9 @@ class DecodeLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     max_side: int = 20_000
+    # Longer side over shorter side. Preprocessing scales the shorter side up or down to the model's
+    # size first, so a 1 x 20,000 strip would become a multi-gigabyte intermediate image.
+    max_aspect_ratio: float = 25.0
 
 
 @dataclass
@@ -128,6 +131,14 @@ def decode_image(data: bytes, *, limits: DecodeLimits | None = None, min_side: i
             detail={"width": width, "height": height},
         )
 
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        img.close()
+        raise InvalidImage(
+            f"image is {width}x{height} pixels; a photo may be at most {limits.max_aspect_ratio:g} times "
+            "longer than it is wide",
+            detail={"width": width, "height": height},
+        )
+
     draft_scale = 1
     try:
         if fmt in ("JPEG", "MPO") and min_side and min(width, height) > 2 * min_side:
@@ -167,7 +178,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # half the memory of float64; exact enough for 8 bits
         if mode.startswith("I;16"):
             arr = arr / 257.0
         else:

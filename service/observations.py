@@ -128,6 +128,9 @@ def decode_uploads(blobs: Sequence[bytes], settings: Settings) -> list[UploadedP
             if hasattr(exc, "message"):
                 exc.message = f"photo {i + 1}: {exc.message}"
             raise
+        # Only the metadata (format, size, EXIF) is kept: the pixels are freed now, so that many uploads
+        # in flight do not each hold a decoded photo (the prediction decodes again, at the model's size).
+        decoded.image.close()
         out.append(UploadedPhoto(data=data, sha256=hashlib.sha256(data).hexdigest(), decoded=decoded))
     return out
 

@@ -118,7 +118,8 @@ def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: 
 def observation_taxonomy(session: Session, labels: set[str]) -> dict[str, dict[str, str | None]]:
     """Taxonomy rows (``scientific_name, common_name, rank, genus, family, order``) for manifest labels."""
     taxa = _Taxa(session)
-    by_label = dict(session.execute(select(TaxonLabel.label, TaxonLabel.taxon_id)).tuples().all())
+    by_label: dict[str, int] = {str(r[0]): int(r[1]) for r in session.execute(
+        select(TaxonLabel.label, TaxonLabel.taxon_id))}
     out: dict[str, dict[str, str | None]] = {}
     for label in sorted(labels):
         taxon: Taxon | None = taxa.get(by_label.get(label))

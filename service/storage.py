@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -128,17 +129,30 @@ def remove_unreferenced(factory: sessionmaker[Session], root: Path, shas: Iterab
     return removed
 
 
-def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 500) -> int:
-    """Remove temporary files and photos no row refers to (left by a crash). Returns files removed."""
+def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 500,
+                  grace_seconds: float = 3600.0) -> int:
+    """Remove temporary files and photos no row refers to (left by a crash). Returns files removed.
+
+    A temporary file younger than ``grace_seconds`` is left alone: another process sharing the media
+    folder may be writing it right now (its rename would fail if it were deleted). Complete photos need no
+    grace: they are removed under their lock only when no committed row refers to them, and a writer
+    re-creates its files under the same lock before it commits.
+    """
     if not root.is_dir():
         return 0
     removed = 0
     found: list[str] = []
+    cutoff = time.time() - grace_seconds
     for sub in root.iterdir():
         if not sub.is_dir() or len(sub.name) != 2:
             continue
         for path in sub.iterdir():
             if path.name.startswith(TMP_PREFIX):
+                try:
+                    if path.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:  # renamed or removed meanwhile
+                    continue
                 path.unlink(missing_ok=True)
                 removed += 1
             elif SHA256_RE.fullmatch(path.name) and path.name[:2] == sub.name:

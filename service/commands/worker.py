@@ -10,7 +10,7 @@ from types import FrameType
 logger = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run queued jobs (retrain, exports); several workers may run")
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--id", default=None, help="worker name shown on its jobs (default: host:pid:random)")

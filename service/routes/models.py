@@ -70,14 +70,11 @@ async def activate_model(version: str, session: SessionDep, registry: RegistryDe
     stmt = select(ModelVersion.name, ModelVersion.version).where(ModelVersion.version == version)
     if name is not None:
         stmt = stmt.where(ModelVersion.name == name)
+    await run_in_threadpool(registry.scan)  # versions exported since the last scan get their rows
     # Plain tuples, and the transaction ended at once: on SQLite a reading session holds the write lock,
     # which the activation below needs.
     rows = [tuple(r) for r in session.execute(stmt).all()]
     session.rollback()
-    if not rows:
-        await run_in_threadpool(registry.scan)
-        rows = [tuple(r) for r in session.execute(stmt).all()]
-        session.rollback()
     if not rows:
         raise NotFound(f"no model version {version!r}" + (f" of model {name!r}" if name else ""))
     if len(rows) > 1:

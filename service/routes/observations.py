@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 from typing import Annotated, Any
@@ -92,7 +93,11 @@ async def create_observation(
                 f"{settings.max_upload_bytes} bytes per photo"
             )
         blobs.append(await upload.read())
-    decoded = await run_in_threadpool(obs_domain.decode_uploads, blobs, settings)
+    # Decode in the bounded decode pool (as /identify does), not in the 40-thread default pool: at most
+    # decode_threads photos are being decoded at once, which bounds memory under a flood of big photos.
+    decoded = await asyncio.get_running_loop().run_in_executor(
+        getattr(request.app.state, "decode_pool", None), obs_domain.decode_uploads, blobs, settings
+    )
     meta = ObservationInput(
         observed_at=observed_at,
         latitude=latitude,

@@ -1,4 +1,4 @@
-"""A real ``uvicorn service.asgi:app`` in a subprocess on loopback, for the hardening tests and the load bench.
+"""A real ``uvicorn service.asgi:app`` subprocess on loopback, for the hardening tests and the load bench.
 
 The service gets its own data folder, database and models folder; users are created in the database
 before it starts. :class:`LiveService` can read the process's memory (``/proc/<pid>/status``), be killed
@@ -40,7 +40,8 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def create_users(database_url: str, secret: str, people: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+def create_users(database_url: str, secret: str,
+                 people: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
     """Bring the schema up to date and create ``people`` (name -> role). Returns their keys and ids."""
     from service import auth
     from service.db import create_db_engine, init_db, make_session_factory

@@ -56,7 +56,8 @@ def test_activate_and_roll_back(env: Env) -> None:  # noqa: F811
     r = env.client.post("/api/v1/admin/models/1/activate", headers=admin)  # roll back the same way
     assert r.status_code == 200 and r.json()["version"] == "1"
     assert env.client.post("/api/v1/identify", files=red).json()["model"]["version"] == "1"
-    listed = {m["version"]: m["active"] for m in env.client.get("/api/v1/admin/models", headers=admin).json()["data"]}
+    models = env.client.get("/api/v1/admin/models", headers=admin).json()["data"]
+    listed = {m["version"]: m["active"] for m in models}
     assert listed == {"1": True, "2": False}
 
     # Two model names share version "1": the name must be given.
@@ -67,7 +68,8 @@ def test_activate_and_roll_back(env: Env) -> None:  # noqa: F811
     assert r.status_code == 200 and r.json()["name"] == "other"
     r = env.client.post("/api/v1/admin/models/9/activate", headers=admin)
     assert r.status_code == 404
-    assert env.client.post("/api/v1/admin/models/1/activate?name=tiny", headers=env.h("vol")).status_code == 403
+    r = env.client.post("/api/v1/admin/models/1/activate?name=tiny", headers=env.h("vol"))
+    assert r.status_code == 403
 
     # A broken version is refused with the reason; the served version does not change.
     broken = env.settings.models_dir / "tiny" / "3"
@@ -86,7 +88,8 @@ def test_report_files(env: Env) -> None:  # noqa: F811
     assert models[0]["files"] == ["confusion.png", "model.json"]
     r = env.client.get("/api/v1/admin/models/tiny/1/files/confusion.png", headers=admin)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    assert env.client.get("/api/v1/admin/models/tiny/1/files/reliability.png", headers=admin).status_code == 404
+    r = env.client.get("/api/v1/admin/models/tiny/1/files/reliability.png", headers=admin)
+    assert r.status_code == 404
     r = env.client.get("/api/v1/admin/models/tiny/1/files/model.onnx", headers=admin)
     assert r.status_code == 404 and "known" in r.json()["error"]["message"]
     assert env.client.get("/api/v1/admin/models/tiny/7/files/model.json", headers=admin).status_code == 404
@@ -103,12 +106,13 @@ def _free_port() -> int:
 def test_swaps_made_by_another_process_drop_no_request_under_load(settings: Settings) -> None:
     write_tiny_model(settings.models_dir, "tiny", "2")
     port = _free_port()
-    env = {**os.environ, "POLLINID_DATABASE_URL": settings.resolved_database_url,
-           "POLLINID_DATA_DIR": str(settings.data_dir), "POLLINID_MODELS_DIR": str(settings.models_dir),
-           "POLLINID_MODEL_POLL_SECONDS": "0.2", "POLLINID_PROVIDERS": "cpu", "POLLINID_INTRA_OP_THREADS": "1"}
+    environ = {**os.environ, "POLLINID_DATABASE_URL": settings.resolved_database_url,
+               "POLLINID_DATA_DIR": str(settings.data_dir), "POLLINID_MODELS_DIR": str(settings.models_dir),
+               "POLLINID_MODEL_POLL_SECONDS": "0.2", "POLLINID_PROVIDERS": "cpu",
+               "POLLINID_INTRA_OP_THREADS": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "service.asgi:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--log-level", "warning"], cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     engine = create_db_engine(settings.resolved_database_url)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -137,6 +138,8 @@ def test_orphan_files_are_removed_at_start(env: Env) -> None:  # noqa: F811
     orphan.write_bytes(b"orphan")
     tmp = root / kept[:2] / ".tmp-crashed"
     tmp.write_bytes(b"half a photo")
+    an_hour_ago = datetime.now(UTC).timestamp() - 3700  # older than the grace (orphan_grace_seconds)
+    os.utime(tmp, (an_hour_ago, an_hour_ago))
     with TestClient(create_app(env.settings)):
         pass
     assert not orphan.exists() and not tmp.exists()
