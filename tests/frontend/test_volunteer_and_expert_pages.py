@@ -106,3 +106,43 @@ def test_volunteer_page_is_light(live_server, page):
     assert sum(sizes.values()) < 200 * 1024, sizes
     assert {Path(u).name for u in sizes} >= {"app.css", "api.js", "volunteer.js", "photos.js"}
     assert timing["loadEventEnd"] - timing["startTime"] < 1000
+
+
+def _big_photo_with_exif(path: Path) -> None:
+    """A 4000x3000 JPEG made from a real photo, with EXIF date and GPS as a phone writes them."""
+    from PIL import Image
+
+    img = Image.open(FIXTURES / "peacock.jpg").convert("RGB").resize((4000, 3000))
+    exif = Image.Exif()
+    exif[0x8769] = {0x9003: "2024:06:15 14:30:00"}  # DateTimeOriginal
+    exif[0x8825] = {1: "N", 2: (45.0, 30.0, 0.0), 3: "W", 4: (1.0, 15.0, 0.0)}  # 45.5 N, 1.25 W
+    img.save(path, "JPEG", quality=95, exif=exif)
+
+
+def test_large_photo_is_resized_in_the_browser_and_keeps_its_date_and_place(live_server, page, tmp_path):
+    from service.tables import Photo
+
+    key = _user(live_server, "paula", "volunteer")
+    big = tmp_path / "phone.jpg"
+    _big_photo_with_exif(big)
+    uploads: list[int] = []
+    page.on("request", lambda r: uploads.append(len(r.post_data_buffer or b"")) if r.method == "POST" else None)
+    page.goto(live_server.url + "/")
+    _sign_in(page, key)
+    page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(big))
+    page.get_by_role("button", name="Identify").click()
+    page.locator(".card").first.wait_for()
+    # The form was filled from the photo's EXIF before the re-encode dropped it.
+    assert page.get_by_label("Latitude").input_value() == "45.5"
+    assert page.get_by_label("Longitude").input_value() == "-1.25"
+    assert page.get_by_label("Date and time").input_value() == "2024-06-15T14:30"
+    page.get_by_role("button", name="Submit observation").click()
+    page.get_by_text(re.compile(r"Saved as observation \d+")).wait_for()
+
+    assert uploads and max(uploads) < big.stat().st_size / 2, (uploads, big.stat().st_size)
+    with live_server.app.state.sessionmaker() as session:
+        obs = session.scalars(select(Observation)).one()
+        photo = session.scalars(select(Photo)).one()
+        assert (round(obs.latitude, 6), round(obs.longitude, 6)) == (45.5, -1.25)
+        assert obs.observed_at.replace(tzinfo=None).date().isoformat() == "2024-06-15"
+    assert max(photo.width, photo.height) == 2048
