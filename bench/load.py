@@ -144,7 +144,8 @@ def run(kind: str, args: argparse.Namespace) -> bool:
         write_tiny_model(work / "models", "tiny", "1")
         url, drop = make_database(kind, work)
         try:
-            keys, _ = create_users(url, LiveService.secret, {f"v{i}": "volunteer" for i in range(args.clients)})
+            people = {f"v{i}": "volunteer" for i in range(args.clients)}
+            keys, _ = create_users(url, LiveService.secret, people)
             env = {"POLLINID_RATE_LIMIT_ENABLED": "false", "POLLINID_LOG_LEVEL": "WARNING"}
             service = LiveService(work / "data", url, work / "models", env=env, workers=args.workers)
             with service:
@@ -154,8 +155,9 @@ def run(kind: str, args: argparse.Namespace) -> bool:
                 deadline = t0 + args.seconds
 
                 async def main() -> None:
-                    await asyncio.gather(*(client_loop(i, service, keys[f"v{i}"], args, stats, deadline, budget)
-                                           for i in range(args.clients)))
+                    await asyncio.gather(*(
+                        client_loop(i, service, keys[f"v{i}"], args, stats, deadline, budget)
+                        for i in range(args.clients)))
 
                 asyncio.run(main())
                 wall = time.monotonic() - t0
@@ -173,15 +175,16 @@ def run(kind: str, args: argparse.Namespace) -> bool:
         print(f"  client-side errors (no answer): {dict(stats.errors)}")
     for k, lat in stats.latency.items():
         if lat:
-            print(f"  {k:8s} latency ms: p50 {pct(lat, 50):.0f}  p95 {pct(lat, 95):.0f}  p99 {pct(lat, 99):.0f}  "
-                  f"max {max(lat):.0f}  mean {statistics.fmean(lat):.0f}")
+            print(f"  {k:8s} latency ms: p50 {pct(lat, 50):.0f}  p95 {pct(lat, 95):.0f}  "
+                  f"p99 {pct(lat, 99):.0f}  max {max(lat):.0f}  mean {statistics.fmean(lat):.0f}")
     if rss:
-        print(f"  service memory: VmRSS {rss['VmRSS'] / 1024:.0f} MiB, peak VmHWM {rss['VmHWM'] / 1024:.0f} MiB")
+        print(f"  service memory: VmRSS {rss['VmRSS'] / 1024:.0f} MiB, "
+              f"peak VmHWM {rss['VmHWM'] / 1024:.0f} MiB")
     server_errors = len(stats.server_errors)
     ok = server_errors == 0 and missing == 0 and bad_files == 0 and not stats.errors
     print(f"  5xx: {server_errors}; observations acknowledged (201): {len(stats.acked)}; rows {rows}, "
-          f"photo rows {photo_rows}; acknowledged missing: {missing}; photo files missing or wrong: {bad_files}"
-          f" -> {'OK' if ok else 'FAILED'}")
+          f"photo rows {photo_rows}; acknowledged missing: {missing}; "
+          f"photo files missing or wrong: {bad_files} -> {'OK' if ok else 'FAILED'}")
     for line in stats.server_errors[:5]:
         print("   ", line)
     return ok

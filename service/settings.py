@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +40,24 @@ def bundled_frontend_dir() -> Path:
         return Path(str(files("pollinid_bundle.frontend")))
     except (ModuleNotFoundError, TypeError):  # pragma: no cover
         return repo_frontend
+
+
+def _load_or_create_secret(path: Path) -> str:
+    """Read the server secret, creating it atomically (first process wins) when missing."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secrets.token_urlsafe(48))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path.read_text(encoding="ascii").strip()
 
 
 class Settings(BaseSettings):
@@ -79,7 +99,9 @@ class Settings(BaseSettings):
 
     # Access.
     identify_requires_key: bool = False
-    secret_key: str = "change-me-in-production"
+    # HMAC key for API-key digests. Empty: a random secret is created once in data_dir/secret_key (mode 0600)
+    # and shared by every process using that data folder.
+    secret_key: str = Field(default="", repr=False)
 
     # Observations, consensus and the validation queue.
     # N: the weighted agreeing identifications a community taxon needs (SPIPOLL asks for 3).
@@ -139,6 +161,8 @@ class Settings(BaseSettings):
     def _fill_paths(self) -> Settings:
         if self.media_dir is None:
             self.media_dir = self.data_dir / "media"
+        if not self.secret_key:
+            self.secret_key = _load_or_create_secret(self.data_dir / "secret_key")
         if self.jobs_dir is None:
             self.jobs_dir = self.data_dir / "jobs"
         return self
