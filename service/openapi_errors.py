@@ -98,7 +98,7 @@ def _operations(app: FastAPI) -> Iterator[tuple[str, str, Any]]:
     while stack:
         route = stack.pop(0)
         if isinstance(route, APIRoute):
-            for method in route.methods:
+            for method in route.methods or ():
                 yield method, route.path, route.dependant
         elif hasattr(route, "effective_route_contexts"):
             for ctx in route.effective_route_contexts():
@@ -145,8 +145,8 @@ def _patch(schema: dict[str, Any], app: FastAPI, rate_limited: bool) -> None:
             if rate_limited and path.startswith("/api/") and path not in EXEMPT_PATHS:
                 wanted[429] = GENERIC[429]
             wanted.update(EXTRA_ERRORS.get(key, {}))
-            for status, description in wanted.items():
-                responses.setdefault(str(status), {"description": description})
+            for code, description in wanted.items():
+                responses.setdefault(str(code), {"description": description})
             for status, response in responses.items():
                 if not status.isdigit() or int(status) < 400:
                     continue

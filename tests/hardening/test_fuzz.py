@@ -61,11 +61,8 @@ class Target:
                 conn.execute(text("UPDATE api_keys SET revoked_at = NULL WHERE user_id = :i"), {"i": uid})
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    root: Path = tmp_path_factory.mktemp("fuzz")
+def _start_target(root: Path, url: str) -> Iterator[Target]:
     write_tiny_model(root / "models", "tiny", "1")
-    url = f"sqlite:///{root / 'fuzz.sqlite3'}"
     keys, ids = create_users(url, LiveService.secret, PEOPLE)
     limits = {"POLLINID_RATE_LIMIT_PER_IP": "10000000", "POLLINID_RATE_LIMIT_PER_KEY": "10000000"}
     service = LiveService(root / "data", url, root / "models", env=limits)
@@ -89,15 +86,29 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         t.engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The service on SQLite, shared by the roles' runs."""
+    root: Path = tmp_path_factory.mktemp("fuzz")
+    yield from _start_target(root, f"sqlite:///{root / 'fuzz.sqlite3'}")
+
+
+@pytest.fixture
+def pg_target(tmp_path: Path, postgres_url: str) -> Iterator[Target]:
+    """The service on a fresh PostgreSQL database."""
+    yield from _start_target(tmp_path, postgres_url)
+
+
 def _fuzz_operation(target: Target, operation: Any, mode: GenerationMode, role: str,
-                    headers: dict[str, str], failures: list[str], seen: set[tuple[str, str]]) -> int:
-    """Run ``EXAMPLES`` generated cases of one operation; returns how many requests were made."""
+                    headers: dict[str, str], failures: list[str], seen: set[tuple[str, str]],
+                    examples: int) -> int:
+    """Run ``examples`` generated cases of one operation; returns how many requests were made."""
     label = operation.label
     touches_users = "/admin/users" in operation.path and operation.method.upper() != "GET"
     checks = CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
     calls = 0
 
-    @hypothesis_settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                          suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
@@ -120,7 +131,7 @@ def _fuzz_operation(target: Target, operation: Any, mode: GenerationMode, role: 
     return calls
 
 
-def _fuzz(target: Target, role: str) -> tuple[dict[str, int], list[str]]:
+def _fuzz(target: Target, role: str, examples: int = EXAMPLES) -> tuple[dict[str, int], list[str]]:
     schema = schemathesis.openapi.from_url(f"{target.service.url}/openapi.json")
     user = ROLE_USER[role]
     headers = {"Authorization": f"Bearer {target.keys[user]}"} if user else {}
@@ -130,7 +141,7 @@ def _fuzz(target: Target, role: str) -> tuple[dict[str, int], list[str]]:
     for result in schema.get_all_operations():
         operation = result.ok()
         calls[operation.label] = sum(
-            _fuzz_operation(target, operation, mode, role, headers, failures, seen)
+            _fuzz_operation(target, operation, mode, role, headers, failures, seen, examples)
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
         )
     return calls, failures
@@ -149,3 +160,12 @@ def test_every_operation_conforms_and_never_fails(target: Target, role: str) -> 
     import httpx
 
     assert httpx.get(f"{target.service.url}/api/v1/ready", timeout=10).status_code == 200
+
+
+@pytest.mark.postgres
+def test_a_smaller_pass_on_postgresql(pg_target: Target) -> None:
+    """The same checks on PostgreSQL, as an admin (the role that reaches every operation), fewer examples."""
+    calls, failures = _fuzz(pg_target, "admin", examples=max(2, EXAMPLES // 2))
+    print(f"postgresql admin: {sum(calls.values())} requests over {len(calls)} operations")
+    assert not failures, "\n\n".join(failures[:15])
+    assert all(n > 0 for n in calls.values())
