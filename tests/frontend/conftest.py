@@ -51,7 +51,9 @@ class LiveServer:
         self.thread.join(timeout=15)
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an asyncio loop running in the main thread while it is open,
+# so it must be closed before other packages' tests call asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
         pytest.skip(f"Chromium not found at {CHROMIUM} (CI installs Debian's chromium)")

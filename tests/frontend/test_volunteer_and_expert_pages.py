@@ -66,7 +66,7 @@ def test_volunteer_uploads_a_real_photo_then_a_specialist_validates_it(live_serv
     _sign_in(page, expert)
     page.get_by_role("heading", name=f"Observation {obs_id}").wait_for()
     page.locator("#photo[src^='blob:']").wait_for()  # the photo is fetched with the key
-    assert "vera" in page.locator("#history").inner_text()  # the volunteer's proposal is in the history
+    page.locator("#history").get_by_text(re.compile(r"vera")).wait_for()  # the volunteer's proposal, in the history
     page.keyboard.press("a")  # keyboard shortcut: agree
     page.get_by_text(re.compile(r"Saved\. Status: validated")).wait_for()
 
