@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.types import Scope
 
 PAGES = {"/": "index.html", "/expert": "expert.html", "/admin": "admin.html"}
@@ -26,7 +28,7 @@ SECURITY_HEADERS = {
 
 
 class _StaticWithHeaders(StaticFiles):
-    async def get_response(self, path: str, scope: Scope):  # type: ignore[no-untyped-def]
+    async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
         return response
@@ -51,7 +53,7 @@ def mount_pages(app: FastAPI, frontend_dir: Path) -> None:
     mount_docs(app)
     router = APIRouter(include_in_schema=False)
 
-    def _page(filename: str):  # type: ignore[no-untyped-def]
+    def _page(filename: str) -> Callable[[], FileResponse]:
         def handler() -> FileResponse:
             return FileResponse(frontend_dir / filename, media_type="text/html",
                                 headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})

@@ -80,7 +80,8 @@ def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
+    page.on("response",
+            lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
     page.console_errors = errors  # tests that expect an API error can clear this list
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

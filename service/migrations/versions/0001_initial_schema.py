@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 06:45:28.318005
 """
 
@@ -122,7 +122,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_observations_created_at'), ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_observations_observed_at'), ['observed_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_observations_observer_id'), ['observer_id'], unique=False)
-        batch_op.create_index('ix_observations_queue', ['status', 'top1_score', 'top_margin', 'created_at'], unique=False)
+        batch_op.create_index('ix_observations_queue', ['status', 'top1_score', 'top_margin', 'created_at'],
+                              unique=False)
         batch_op.create_index(batch_op.f('ix_observations_session_id'), ['session_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_observations_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_observations_taxon_id'), ['taxon_id'], unique=False)
