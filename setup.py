@@ -5,10 +5,15 @@ installed as the package data of ``pollinid_bundle.models`` and ``pollinid_bundl
 install serves the bundled model and pages too.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+BUNDLES = {"pollinid_bundle.models": "models", "pollinid_bundle.frontend": "frontend"}
+bundles = {pkg: folder for pkg, folder in BUNDLES.items() if (HERE / folder).is_dir()}
+
 setup(
-    packages=[*find_packages(include=["service", "service.*", "training", "training.*"]),
-              "pollinid_bundle.models", "pollinid_bundle.frontend"],
-    package_dir={"pollinid_bundle.models": "models", "pollinid_bundle.frontend": "frontend"},
+    packages=[*find_packages(include=["service", "service.*", "training", "training.*"]), *bundles],
+    package_dir=bundles,
 )

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from service.modelcard import InputSpec
 from service.preprocess import normalize, preprocess, resize_and_crop
@@ -45,6 +45,8 @@ class AugmentConfig:
         zoom_out: probability of shrinking the view onto a padded canvas at a random offset
             (small, off-centre insects in a full frame).
         zoom_out_scale: size range of the shrunken view relative to the canvas.
+        zoom_out_fill: what surrounds the shrunken view: ``mean`` (the padding colour of ``longer_pad``) or
+            ``blur`` (a blurred enlargement of the view itself, like an out-of-focus field background).
         hflip: probability of a horizontal flip.
         vflip: probability of a vertical flip.
         brightness, contrast, saturation: colour-jitter strengths (factor drawn in 1 ± strength).
@@ -55,6 +57,7 @@ class AugmentConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     zoom_out: float = 0.25
     zoom_out_scale: tuple[float, float] = (0.55, 0.95)
+    zoom_out_fill: str = "mean"
     hflip: float = 0.5
     vflip: float = 0.0
     brightness: float = 0.3
@@ -119,8 +122,11 @@ class TrainTransform:
         if rng.random() < cfg.zoom_out:
             side = max(8, round(spec.size * rng.uniform(*cfg.zoom_out_scale)))
             small = view.resize((side, side), Image.Resampling.BILINEAR)
-            fill = tuple(round(m * 255) for m in spec.mean)
-            canvas = Image.new("RGB", (spec.size, spec.size), fill)  # type: ignore[arg-type]
+            if cfg.zoom_out_fill == "blur":
+                canvas = view.filter(ImageFilter.GaussianBlur(spec.size / 25))
+            else:
+                fill = tuple(round(m * 255) for m in spec.mean)
+                canvas = Image.new("RGB", (spec.size, spec.size), fill)  # type: ignore[arg-type]
             canvas.paste(small, (rng.randint(0, spec.size - side), rng.randint(0, spec.size - side)))
             view = canvas
         return torch.from_numpy(normalize(view, spec))

@@ -91,3 +91,12 @@ def test_field_composite_is_a_large_off_centre_frame() -> None:
         short, long = sorted(frame.size)
         assert long >= 640 and abs(short - long * 3 // 4) <= 1
     assert len({f.size for f in frames}) > 1
+
+
+def test_zoom_out_with_blurred_background() -> None:
+    spec = InputSpec(size=32, resize=32, resize_mode="longer_pad")
+    config = AugmentConfig(scale=(1, 1), ratio=(1, 1), zoom_out=1.0, zoom_out_scale=(0.5, 0.5), hflip=0,
+                           brightness=0, contrast=0, saturation=0, hue=0, zoom_out_fill="blur")
+    out = TrainTransform(spec, config, seed=0)(Image.new("RGB", (40, 40), (255, 0, 0))).numpy()
+    # No mean-colour padding: the surround is the (blurred) red photo itself.
+    assert not np.isclose(out, 0, atol=0.02).all(axis=0).any()
