@@ -12,34 +12,35 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def bundled_models_dir() -> Path:
-    """Return the folder of the models shipped with pollinid.
+def _bundled_dir(folder: str) -> Path:
+    """Find a bundled data folder (``models`` or ``frontend``).
 
-    In a source checkout (editable install) this is ``<repo>/models``; in a wheel install it is the
-    ``pollinid_bundle.models`` package data.
+    In a source checkout (editable install) this is ``<repo>/<folder>``; in a wheel install it is the
+    ``pollinid_bundle.<folder>`` package data (a namespace package: located through its import spec).
     """
-    repo_models = Path(__file__).resolve().parent.parent / "models"
-    if repo_models.is_dir():
-        return repo_models
-    try:
-        from importlib.resources import files
+    repo_dir = Path(__file__).resolve().parent.parent / folder
+    if repo_dir.is_dir():
+        return repo_dir
+    from importlib.util import find_spec
 
-        return Path(str(files("pollinid_bundle.models")))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover - broken install
-        return repo_models
+    try:
+        spec = find_spec(f"pollinid_bundle.{folder}")
+    except ModuleNotFoundError:
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return repo_dir  # missing: the registry says clearly that no model was found
+
+
+def bundled_models_dir() -> Path:
+    """Return the folder of the models shipped with pollinid."""
+    return _bundled_dir("models")
 
 
 def bundled_frontend_dir() -> Path:
     """Return the folder of the web pages shipped with pollinid."""
-    repo_frontend = Path(__file__).resolve().parent.parent / "frontend"
-    if repo_frontend.is_dir():
-        return repo_frontend
-    try:
-        from importlib.resources import files
-
-        return Path(str(files("pollinid_bundle.frontend")))
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover
-        return repo_frontend
+    return _bundled_dir("frontend")
 
 
 def _load_or_create_secret(path: Path) -> str:
