@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import hashlib
 import io
-import os
 import random
 import statistics
 import sys
@@ -27,7 +26,6 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -36,10 +34,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.databases import make_database  # noqa: E402
 from tests.hardening.support import LiveService, create_users  # noqa: E402
 from tests.helpers import write_tiny_model  # noqa: E402
-
-PG_ADMIN = os.environ.get("POLLINID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def photo(seed: int) -> bytes:
@@ -49,25 +46,6 @@ def photo(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, "JPEG", quality=85)
     return buf.getvalue()
-
-
-def make_database(kind: str, workdir: Path) -> tuple[str, Any]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / 'load.sqlite3'}", None
-    name = f"pollinid_load_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
 
 
 class Stats:
@@ -142,7 +120,7 @@ def run(kind: str, args: argparse.Namespace) -> bool:
     with tempfile.TemporaryDirectory(prefix="pollinid-load-") as tmp:
         work = Path(tmp)
         write_tiny_model(work / "models", "tiny", "1")
-        url, drop = make_database(kind, work)
+        url, drop = make_database(kind, work, prefix="load")
         try:
             people = {f"v{i}": "volunteer" for i in range(args.clients)}
             keys, _ = create_users(url, LiveService.secret, people)

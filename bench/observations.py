@@ -30,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PG_ADMIN = os.environ.get("POLLINID_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from bench.databases import make_database  # noqa: E402
 
 
 def free_port() -> int:
@@ -50,25 +50,6 @@ def photo(seed: int) -> bytes:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def make_database(kind: str, workdir: Path) -> tuple[str, object]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / 'bench.sqlite3'}", None
-    name = f"pollinid_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
 
 
 def setup_users(url: str, data_dir: Path, n: int) -> list[str]:
@@ -223,7 +204,7 @@ def bench(kind: str, clients: int, per_client: int, workers: int) -> bool:
             return ok
         finally:
             if drop is not None:
-                drop()  # type: ignore[operator]
+                drop()
 
 
 def main() -> int:
