@@ -9,6 +9,7 @@ from sqlalchemy import select
 from service.auth import ALL_ROLES
 from service.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.errors import NotFound
+from service.imaging import ACCEPTED_FORMATS
 from service.observations import can_see_all
 from service.storage import check_sha256, media_file
 from service.tables import Observation, Photo
@@ -22,7 +23,7 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
     "/{sha256}",
     response_class=FileResponse,
     responses={
-        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
+        200: {"content": {mime: {} for mime in sorted(set(ACCEPTED_FORMATS.values()))}},
         304: {"description": "not modified (If-None-Match)"},
     },
 )
