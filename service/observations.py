@@ -652,6 +652,18 @@ def taxon_dict(t: Taxon | None) -> dict[str, Any] | None:
     }
 
 
+def taxa_by_id(session: Session, ids: set[int]) -> dict[int, Taxon]:
+    """The taxa with these ids, in one query."""
+    return {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(ids)))} if ids else {}
+
+
+def user_names(session: Session, ids: set[int]) -> dict[int, str]:
+    """User names by id, in one query."""
+    if not ids:
+        return {}
+    return {uid: name for uid, name in session.execute(select(User.id, User.name).where(User.id.in_(ids)))}
+
+
 def to_public(session: Session, rows: Sequence[Observation]) -> list[dict[str, Any]]:
     """Observations as :class:`~service.schemas.observations.ObservationPublic` dicts (batched look-ups)."""
     taxon_ids = {
@@ -660,15 +672,8 @@ def to_public(session: Session, rows: Sequence[Observation]) -> list[dict[str, A
         for i in (o.taxon_id, o.community_taxon_id, o.flower_taxon_id, o.predicted_taxon_id)
         if i is not None
     }
-    taxa = (
-        {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
-    )
-    user_ids = {o.observer_id for o in rows}
-    names = (
-        dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all())
-        if user_ids
-        else {}
-    )
+    taxa = taxa_by_id(session, taxon_ids)
+    names = user_names(session, {o.observer_id for o in rows})
     out = []
     for o in rows:
         prediction = None

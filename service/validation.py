@@ -199,18 +199,10 @@ def list_identifications(session: Session, user: User, observation_id: int) -> l
 
 
 def identification_public(session: Session, rows: list[Identification]) -> list[dict[str, Any]]:
-    from service.observations import taxon_dict
+    from service.observations import taxa_by_id, taxon_dict, user_names
 
-    taxon_ids = {r.taxon_id for r in rows if r.taxon_id is not None}
-    taxa = (
-        {t.id: t for t in session.scalars(select(Taxon).where(Taxon.id.in_(taxon_ids)))} if taxon_ids else {}
-    )
-    user_ids = {r.user_id for r in rows}
-    names = (
-        dict(session.execute(select(User.id, User.name).where(User.id.in_(user_ids))).all())
-        if user_ids
-        else {}
-    )
+    taxa = taxa_by_id(session, {r.taxon_id for r in rows if r.taxon_id is not None})
+    names = user_names(session, {r.user_id for r in rows})
     return [
         {
             "id": r.id,

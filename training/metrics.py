@@ -12,6 +12,10 @@ import numpy as np
 
 from service.modelcard import LabelTaxon
 
+# The summary metrics a model card carries (the report adds ``ece_uncalibrated`` after ``ece``).
+HEADLINE_METRICS: tuple[str, ...] = ("top1", "top3", "top5", "nll", "macro_f1", "f1a", "mrr", "ece",
+                                     "genus_accuracy", "family_accuracy")
+
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64."""

@@ -51,6 +51,7 @@ from training.engine import (
 )
 from training.features import CachedLoader, cache_features
 from training.losses import balanced_weights, build_criterion
+from training.metrics import HEADLINE_METRICS
 from training.transforms import AugmentConfig, EvalTransform, TrainTransform, worker_init_fn
 
 logger = logging.getLogger(__name__)
@@ -605,22 +606,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             "images_per_second": v["timing"]["images_per_second"],
         }
     timings["total_seconds"] = time.perf_counter() - t_start
-    card.metrics = {
-        k: metrics[k]
-        for k in (
-            "n",
-            "top1",
-            "top3",
-            "top5",
-            "nll",
-            "macro_f1",
-            "f1a",
-            "mrr",
-            "ece",
-            "genus_accuracy",
-            "family_accuracy",
-        )
-    }
+    card.metrics = {k: metrics[k] for k in ("n", *HEADLINE_METRICS)}
     card.metrics["evaluation_split"] = eval_split or "held-out"
     card.metrics["per_class"] = metrics["per_class"]
     if "field" in evaluation:

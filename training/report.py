@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.modelcard import ModelCard
-from training.metrics import confusion_matrix, reliability_bins, softmax
+from training.metrics import HEADLINE_METRICS, confusion_matrix, reliability_bins, softmax
 
 logger = logging.getLogger(__name__)
 
@@ -202,19 +202,8 @@ def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
         "| metric | value |",
         "|---|---|",
     ]
-    for key in (
-        "top1",
-        "top3",
-        "top5",
-        "nll",
-        "macro_f1",
-        "f1a",
-        "mrr",
-        "ece",
-        "ece_uncalibrated",
-        "genus_accuracy",
-        "family_accuracy",
-    ):
+    ece_at = HEADLINE_METRICS.index("ece") + 1
+    for key in (*HEADLINE_METRICS[:ece_at], "ece_uncalibrated", *HEADLINE_METRICS[ece_at:]):
         lines.append(f"| {key} | {_fmt(m.get(key))} |")
     cal = doc["calibration"] or {}
     lines += [
