@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import io
 import random
 import statistics
 import sys
@@ -29,23 +28,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.databases import make_database  # noqa: E402
-from tests.hardening.support import LiveService, create_users  # noqa: E402
+from tests.hardening.support import LiveService, create_users, distinct_photo  # noqa: E402
 from tests.helpers import write_tiny_model  # noqa: E402
-
-
-def photo(seed: int) -> bytes:
-    """A distinct 64x48 JPEG for each seed."""
-    rng = np.random.default_rng(seed)
-    arr = np.clip(rng.integers(0, 256, size=3) + rng.integers(-20, 21, size=(48, 64, 3)), 0, 255)
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 class Stats:
@@ -72,10 +61,10 @@ async def client_loop(i: int, service: LiveService, key: str, args: argparse.Nam
                 if rng.random() < args.identify_share:
                     kind = "identify"
                     r = await client.post("/api/v1/identify",
-                                          files=[("images", ("a.jpg", photo(seed), "image/jpeg"))])
+                                          files=[("images", ("a.jpg", distinct_photo(seed), "image/jpeg"))])
                 else:
                     kind = "observe"
-                    photos = [photo(seed * 4 + k) for k in range(rng.randint(1, 3))]
+                    photos = [distinct_photo(seed * 4 + k) for k in range(rng.randint(1, 3))]
                     r = await client.post(
                         "/api/v1/observations",
                         headers={"Authorization": f"Bearer {key}", "Idempotency-Key": f"load-{uuid.uuid4()}"},

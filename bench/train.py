@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -114,21 +115,15 @@ def main() -> int:
         )
 
         # 2. One epoch on the cache (partial: last 2 stages + head) vs the pooled-feature head (linear).
-        suffix = _Suffix(model, start).to(device)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        stats = train_one_epoch(
-            suffix,
-            CachedLoader(cache, 128, shuffle=True),
-            torch.nn.CrossEntropyLoss(),
-            optimizer,
-            device=device,
-        )
-        rows.append(
-            (
-                "training epoch, partial mode on cached activations",
-                f"{stats['images_per_second']:.1f} images/s",
-            )
-        )
+        def cached_epoch_rate(split: int, features: Any) -> float:
+            """Images/s of one training epoch of the trainable part after ``split`` on cached inputs."""
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+            stats = train_one_epoch(_Suffix(model, split).to(device), CachedLoader(features, 128, shuffle=True),
+                                    torch.nn.CrossEntropyLoss(), optimizer, device=device)
+            return float(stats["images_per_second"])
+
+        rows.append(("training epoch, partial mode on cached activations",
+                     f"{cached_epoch_rate(start, cache):.1f} images/s"))
         head = model.split_index("linear")
         model.freeze_before(head)
         pooled = cache_features(
@@ -142,20 +137,8 @@ def main() -> int:
             device=device,
             progress=False,
         )
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        stats = train_one_epoch(
-            _Suffix(model, head).to(device),
-            CachedLoader(pooled, 128, shuffle=True),
-            torch.nn.CrossEntropyLoss(),
-            optimizer,
-            device=device,
-        )
-        rows.append(
-            (
-                "training epoch, linear mode on cached pooled features",
-                f"{stats['images_per_second']:.0f} images/s",
-            )
-        )
+        rows.append(("training epoch, linear mode on cached pooled features",
+                     f"{cached_epoch_rate(head, pooled):.0f} images/s"))
 
         # 3. Baseline: a full fine-tune epoch from photos (everything trainable, augmentation in workers).
         model.freeze_before(0)

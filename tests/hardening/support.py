@@ -23,6 +23,20 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def distinct_photo(seed: int) -> bytes:
+    """A distinct small JPEG per seed (random colour and noise), so every upload writes new media files."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.integers(0, 256, size=3) + rng.integers(-25, 26, size=(48, 64, 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:

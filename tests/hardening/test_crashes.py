@@ -17,29 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 from sqlalchemy import create_engine, select, text
 
 from service.storage import TMP_PREFIX
 from service.tables import ModelVersion
-from tests.hardening.support import ROOT, LiveService, create_users
+from tests.hardening.support import ROOT, LiveService, create_users, distinct_photo
 from tests.helpers import write_tiny_model
-
-
-def _photo(seed: int) -> bytes:
-    """A distinct small JPEG per seed (so every upload writes new files)."""
-    import io
-
-    rng = np.random.default_rng(seed)
-    arr = np.clip(rng.integers(0, 256, size=3) + rng.integers(-25, 26, size=(48, 64, 3)), 0, 255)
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-# -- SIGKILL during concurrent uploads -------------------------------------------------------------------
 
 
 def _upload_until_dead(service: LiveService, key: str, start: int, acked: list[dict[str, Any]],
@@ -47,7 +31,7 @@ def _upload_until_dead(service: LiveService, key: str, start: int, acked: list[d
     i = start
     with httpx.Client(base_url=service.url, timeout=30) as client:
         while not stop.is_set():
-            photos = [_photo(i * 10 + k) for k in range(1 + i % 3)]
+            photos = [distinct_photo(i * 10 + k) for k in range(1 + i % 3)]
             try:
                 r = client.post("/api/v1/observations", headers={"Authorization": f"Bearer {key}",
                                                                  "Idempotency-Key": f"crash-{uuid.uuid4()}"},
@@ -117,7 +101,7 @@ def test_sigkill_during_uploads_loses_no_acknowledged_observation(tmp_path: Path
         r = httpx.post(f"{service.url}/api/v1/observations",
                        headers={"Authorization": f"Bearer {keys['v0']}"},
                        data={"observed_at": "2024-06-01T10:00:00Z"},
-                       files=[("photos", ("a.jpg", _photo(424242), "image/jpeg"))], timeout=30)
+                       files=[("photos", ("a.jpg", distinct_photo(424242), "image/jpeg"))], timeout=30)
         assert r.status_code == 201, r.text
         print(f"acknowledged before the kill: {len(acked)}; rows after restart: {len(obs_ids)}")
     finally:
@@ -231,6 +215,6 @@ def test_sigkill_during_activation_leaves_exactly_one_consistent_active_version(
         ready = httpx.get(f"{service.url}/api/v1/ready", timeout=10).json()
         assert ready["model"] == {"name": "tiny", "version": expected}
         r = httpx.post(f"{service.url}/api/v1/identify", timeout=30,
-                       files=[("images", ("a.jpg", _photo(1), "image/jpeg"))])
+                       files=[("images", ("a.jpg", distinct_photo(1), "image/jpeg"))])
         assert r.status_code == 200 and r.json()["model"]["version"] == expected
     engine.dispose()
