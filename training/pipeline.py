@@ -94,6 +94,8 @@ class TrainConfig:
     input_size: int | None = None
     resize: int | None = None
     resize_mode: Literal["shorter", "longer_pad", "stretch"] = "longer_pad"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
     dropout: float = 0.2
     augment: dict[str, Any] = field(default_factory=dict)
@@ -141,8 +143,14 @@ def input_spec_for(config: TrainConfig) -> InputSpec:
     """The card's input spec from the config (the architecture's pretraining size by default)."""
     size = config.input_size or backbones.default_input_size(config.backbone)
     resize = config.resize or (round(size * 256 / 224) if config.resize_mode == "shorter" else size)
+    mean, std = backbones.default_normalization(config.backbone)
     return InputSpec(
-        size=size, resize=resize, resize_mode=config.resize_mode, interpolation=config.interpolation
+        size=size,
+        resize=resize,
+        resize_mode=config.resize_mode,
+        interpolation=config.interpolation,
+        mean=tuple(config.mean) if config.mean else mean,
+        std=tuple(config.std) if config.std else std,
     )
 
 

@@ -89,3 +89,47 @@ def test_efficientnet_lite0_loads_packaged_weights_offline() -> None:
 
     state = torch.load(lite_weights_file(0), map_location="cpu", weights_only=True)
     assert torch.equal(net.stages[0][0].weight, state["_conv_stem.weight"])
+
+
+def _fixture_batch() -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    photos = [Image.open(fixtures / f"{name}.jpg").convert("RGB") for name in ("monarch", "peacock", "red_admiral")]
+    return torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1) for p in photos])
+
+
+@pytest.mark.parametrize("variant", [0, 2])
+def test_lite_normalization_matches_what_the_weights_were_trained_with(variant: int) -> None:
+    """The stem's batch-norm statistics reveal the input scaling the weights saw during pretraining.
+
+    Fed real photos normalised the registry's way, the stem convolution's output variance is close to the
+    stored running variance; with torchvision's ImageNet statistics it is several times too large (the
+    bug that cost the first shipped models about seven points of linear-probe accuracy).
+    """
+    from training.backbones import IMAGENET_NORMALIZATION, TF_NORMALIZATION, default_normalization
+
+    name = f"efficientnet_lite{variant}"
+    assert default_normalization(name) == TF_NORMALIZATION
+    net = create_model(name, 5).eval()
+    conv, bn = net.stages[0][0], net.stages[0][1]
+    live = bn.running_var > 1e-6
+    x = _fixture_batch()
+
+    def log_variance_ratio(normalization: tuple) -> float:
+        mean, std = (torch.tensor(v)[:, None, None] for v in normalization)
+        with torch.inference_mode():
+            var = conv((x - mean) / std).var((0, 2, 3))
+        return torch.log(var[live] / bn.running_var[live]).median().item()
+
+    assert abs(log_variance_ratio(default_normalization(name))) < 0.75
+    assert log_variance_ratio(IMAGENET_NORMALIZATION) > 1.2
+
+
+def test_other_backbones_default_to_imagenet_statistics() -> None:
+    from training.backbones import IMAGENET_NORMALIZATION, default_normalization
+
+    assert default_normalization("tiny_cnn") == IMAGENET_NORMALIZATION
+    assert default_normalization("torchvision:resnet18") == IMAGENET_NORMALIZATION
+    assert default_normalization("timm:convnext_tiny") == IMAGENET_NORMALIZATION

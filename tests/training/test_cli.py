@@ -185,6 +185,41 @@ def test_resume_continues_where_it_stopped(color_dataset: Path, tmp_path: Path) 
     assert state["epoch"] == 2 and len(state["history"]) == 3
 
 
+def test_card_normalisation_defaults_to_the_backbone_and_can_be_overridden(
+    color_dataset: Path, tmp_path: Path
+) -> None:
+    from training.pipeline import TrainConfig, input_spec_for
+
+    lite = input_spec_for(TrainConfig(data="x", backbone="efficientnet_lite0"))
+    assert lite.mean == (0.5, 0.5, 0.5) and lite.std == (0.5, 0.5, 0.5) and lite.size == 224
+    export = tmp_path / "models" / "colors" / "1"
+    _train(
+        color_dataset,
+        tmp_path / "run",
+        "--mode",
+        "full",
+        "--epochs",
+        "1",
+        "--mean",
+        "0.4,0.5,0.6",
+        "--std",
+        "0.2,0.25,0.3",
+        "--export-dir",
+        str(export),
+    )
+    card = ModelCard.load(export)
+    assert card.input.mean == (0.4, 0.5, 0.6) and card.input.std == (0.2, 0.25, 0.3)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["mean"] == [0.4, 0.5, 0.6]
+
+
+@pytest.mark.parametrize("value", ["0.5,0.5", "a,b,c"])
+def test_bad_normalisation_is_a_clear_error(value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "x", "--mean", value])
+    assert exc.value.code == 2
+    assert "expected three numbers R,G,B" in capsys.readouterr().err
+
+
 def test_bad_option_is_a_clear_error(color_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown backbone 'nonet'"):
         main(["train", "--data", str(color_dataset), "--out", str(tmp_path / "r"), "--backbone", "nonet"])
