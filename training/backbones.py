@@ -122,6 +122,24 @@ class PoolFlatten(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
+class MirrorAverage(nn.Module):
+    """Test-time augmentation baked into the network: the mean of the logits for each photo and its mirror.
+
+    The photo and its mirror image run as one batch of 2N, so the exported ONNX graph stays a single call
+    with a dynamic batch; it costs twice the compute of ``model`` alone.
+    """
+
+    def __init__(self, model: StagedNet) -> None:
+        super().__init__()
+        self.model = model
+        self.architecture = model.architecture
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out = self.model(torch.cat([x, torch.flip(x, dims=[3])], 0))
+        return (out[:n] + out[n:]) / 2
+
+
 def _head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
     linear = nn.Linear(in_features, num_classes)
     return nn.Sequential(nn.Dropout(dropout), linear) if dropout > 0 else linear

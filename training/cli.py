@@ -122,6 +122,12 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument(
         "--tta", action="store_true", default=None, help="also evaluate with test-time augmentation"
     )
+    p.add_argument(
+        "--mirror-tta",
+        action="store_true",
+        default=None,
+        help="export the model averaged with its mirror image (one graph, twice the compute; calibrated as such)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=cmd_train)
 
@@ -261,7 +267,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     model.load_state_dict(state["model"])
     result = export_model(
-        model,
+        backbones.MirrorAverage(model) if state.get("mirror_tta") else model,
         card,
         Path(args.out),
         opset=args.opset,

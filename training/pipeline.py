@@ -111,6 +111,7 @@ class TrainConfig:
     export_dir: str | None = None
     export_fp16: bool = False
     export_int8: bool = False
+    mirror_tta: bool = False
     tta: bool = False
     progress: bool = True
 
@@ -520,10 +521,17 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         0.88,
         f"temperature scaling on {'valid' if config.calibrate_on == 'valid' else 'held-out'} photos",
     )
-    calib_loader = (
-        CachedLoader(caches["calib"], 256) if cached else photo_loader(calib_samples, eval_tf, shuffle=False)
-    )
-    c_logits, c_y, _ = evaluate(net, calib_loader, device=device, amp=config.amp)
+    # The exported network: the model, or the model averaged with its mirror image (calibrated as such, on
+    # photos rather than on the cache, which holds no mirrored views).
+    exported: nn.Module = backbones.MirrorAverage(model) if config.mirror_tta else model
+    if config.mirror_tta:
+        calib_loader: Any = photo_loader(calib_samples, eval_tf, shuffle=False)
+        c_logits, c_y, _ = evaluate(exported, calib_loader, device=device, amp=config.amp)
+    else:
+        calib_loader = (
+            CachedLoader(caches["calib"], 256) if cached else photo_loader(calib_samples, eval_tf, shuffle=False)
+        )
+        c_logits, c_y, _ = evaluate(net, calib_loader, device=device, amp=config.amp)
     calibration = calibrate(c_logits, c_y, ood_percentile=config.ood_percentile)
     report(
         "calibrate",
@@ -566,6 +574,11 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             "stopped_early": stopped_early,
             "data_problems": data.report.as_dict(),
             "calibration_nll": {"before": calibration["nll_before"], "after": calibration["nll_after"]},
+            "test_time_augmentation": (
+                "mirror: logits averaged over the photo and its mirror image, inside the graph (2x compute)"
+                if config.mirror_tta
+                else None
+            ),
         },
     )
     save_checkpoint(
@@ -575,6 +588,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             "card": card.model_dump(mode="json"),
             "backbone": config.backbone,
             "dropout": config.dropout,
+            "mirror_tta": config.mirror_tta,
         },
     )
     timings["total_before_export_seconds"] = time.perf_counter() - t_start
@@ -588,7 +602,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     report("export", 0.92, f"exporting to {export_dir}")
     parity = [_open_rgb(s.path) for s in eval_samples[:: max(1, len(eval_samples) // 8)][:8]]
     result = export_model(
-        model,
+        exported.eval().cpu(),
         card,
         export_dir,
         photos=[p for p in parity if p is not None],

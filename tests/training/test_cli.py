@@ -185,6 +185,32 @@ def test_resume_continues_where_it_stopped(color_dataset: Path, tmp_path: Path) 
     assert state["epoch"] == 2 and len(state["history"]) == 3
 
 
+def test_mirror_tta_is_baked_into_the_exported_graph(color_dataset: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from service.classifier import RuntimeOptions, load_classifier
+    from service.preprocess import preprocess
+
+    run, export = tmp_path / "run", tmp_path / "models" / "colors" / "1"
+    _train(color_dataset, run, "--mode", "full", "--epochs", "1", "--mirror-tta", "--export-dir", str(export))
+    card = ModelCard.load(export)
+    assert card.training["test_time_augmentation"].startswith("mirror")
+    # A photo and its mirror image get the same logits: the graph averages both (one ONNX call, batch N).
+    photo = color_photo((30, 200, 40), (48, 32), seed=7)
+    mirrored = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    re_export = tmp_path / "re" / "1"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run / "model.pt"), "--out", str(re_export)]) == 0
+    assert json.loads(capsys.readouterr().out)["max_prob_diff"] <= 1e-4
+    for folder in (export, re_export):
+        clf = load_classifier(folder, RuntimeOptions(providers="cpu"))
+        logits = clf.run(np.stack([preprocess(photo, clf.card.input), preprocess(mirrored, clf.card.input)]))
+        assert logits.shape == (2, 3)
+        np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
+        assert np.abs(logits[0]).max() > 1e-3  # not trivially zero
+
+
 def test_card_normalisation_defaults_to_the_backbone_and_can_be_overridden(
     color_dataset: Path, tmp_path: Path
 ) -> None:
