@@ -1,4 +1,4 @@
-"""``pollinid train | evaluate | export | predict``.
+"""``pollinid train | evaluate | export | ensemble | predict``.
 
 This module must import without PyTorch: ``pollinid serve`` builds the whole parser. Torch and the
 training modules are imported inside the command functions only.
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_train(subparsers)
     _register_evaluate(subparsers)
     _register_export(subparsers)
+    _register_ensemble(subparsers)
     _register_predict(subparsers)
 
 
@@ -248,26 +249,16 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Rebuild the network from a run's ``model.pt`` and export it (parity-checked)."""
-    from service.modelcard import ModelCard
-    from training import backbones
-    from training.checkpoint import load_checkpoint
+    from training.ensemble import EnsembleError, load_member
     from training.export import export_model
 
-    state = load_checkpoint(Path(args.checkpoint))
-    if "card" not in state:
-        print(f"error: {args.checkpoint} has no model card; use RUN/model.pt", file=sys.stderr)
+    try:
+        model, card = load_member(Path(args.checkpoint))
+    except EnsembleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    card = ModelCard.model_validate(state["card"])
-    model = backbones.create_model(
-        state["backbone"],
-        card.num_classes,
-        pretrained=False,
-        input_size=card.input.size,
-        dropout=state.get("dropout", 0.0),
-    )
-    model.load_state_dict(state["model"])
     result = export_model(
-        backbones.MirrorAverage(model) if state.get("mirror_tta") else model,
+        model,
         card,
         Path(args.out),
         opset=args.opset,
@@ -286,6 +277,84 @@ def cmd_export(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+# -- ensemble -----------------------------------------------------------------------------------------
+
+
+def _register_ensemble(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "ensemble",
+        help="combine trained runs into one calibrated, exported model (needs PyTorch)",
+        description="Average the calibrated probabilities of several trained runs (each at its own input "
+        "size) in one ONNX graph, calibrate it on the runs' held-out slice, export, evaluate and report it.",
+    )
+    p.add_argument(
+        "--member",
+        action="append",
+        required=True,
+        metavar="RUN/model.pt",
+        help="a run's model.pt written by `pollinid train`; give it two or more times",
+    )
+    p.add_argument(
+        "--data",
+        help="the photos (default: the data the members were trained on, from their model cards)",
+    )
+    p.add_argument("--valid", help="with --data: a second manifest/JSON for the validation split")
+    p.add_argument("--image-root", help="with --data: folder COCO file names are relative to")
+    p.add_argument("--taxonomy", help="with --data: taxonomy CSV")
+    p.add_argument("--out", required=True, help="version folder to write, e.g. models/NAME/VERSION (replaced)")
+    p.add_argument("--name", help="model name in the card (default: the first member's)")
+    p.add_argument("--version", help="model version (default: a UTC timestamp)")
+    p.add_argument("--fp16", action="store_true", help="also export fp16")
+    p.add_argument("--int8", action="store_true", help="also export int8")
+    p.add_argument("--tta", action="store_true", help="also evaluate with test-time augmentation")
+    p.add_argument(
+        "--ood-percentile", type=float, default=1.0, help="percentile of held-out energy for the OOD gate"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the calibration pass")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per batch in the calibration pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (calibration pass)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    def run(args: argparse.Namespace) -> int:
+        if len(args.member) < 2:
+            p.error(f"an ensemble needs at least two --member runs, got {len(args.member)}")
+        return cmd_ensemble(args)
+
+    p.set_defaults(func=run)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Run :func:`training.ensemble.run_ensemble`; a member that cannot be read or combined exits with 2."""
+    from training.ensemble import EnsembleError, run_ensemble
+
+    try:
+        result = run_ensemble(
+            [Path(m) for m in args.member],
+            args.data,
+            Path(args.out),
+            name=args.name,
+            version=args.version,
+            valid=args.valid,
+            image_root=args.image_root,
+            taxonomy=args.taxonomy,
+            int8=args.int8,
+            fp16=args.fp16,
+            tta=args.tta,
+            ood_percentile=args.ood_percentile,
+            threads=args.threads,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=args.progress,
+        )
+    except EnsembleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: result[k] for k in ("export", "metrics", "timings")}, indent=2, default=str))
     return 0
 
 

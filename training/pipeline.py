@@ -17,11 +17,11 @@ import platform
 import random
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import (
     LabelledData,
     PhotoDataset,
+    Sample,
     collate_skip_none,
     data_fingerprint,
     group_split,
@@ -53,6 +54,9 @@ from training.features import CachedLoader, cache_features
 from training.losses import balanced_weights, build_criterion
 from training.metrics import HEADLINE_METRICS
 from training.transforms import AugmentConfig, EvalTransform, TrainTransform, worker_init_fn
+
+if TYPE_CHECKING:
+    from training.export import ExportResult
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +234,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
     )
     train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
-    eval_split = "test" if data.splits.get("test") else "valid" if data.splits.get("valid") else None
-    eval_samples = data.splits[eval_split] if eval_split else held
+    eval_split, eval_samples = evaluation_split(data, held)
     calib_samples = held
     if config.calibrate_on == "valid":
         if not eval_split:
@@ -594,27 +597,118 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     timings["total_before_export_seconds"] = time.perf_counter() - t_start
 
     # -- export + evaluation of the exported model -----------------------------------------------------
-    from training.evaluation import evaluate_model_dir
-    from training.export import export_model, write_card
-    from training.report import write_report
+    from training.export import export_model
 
     export_dir = Path(config.export_dir) if config.export_dir else run / "export" / config.name / version
     report("export", 0.92, f"exporting to {export_dir}")
-    parity = [_open_rgb(s.path) for s in eval_samples[:: max(1, len(eval_samples) // 8)][:8]]
     result = export_model(
         exported.eval().cpu(),
         card,
         export_dir,
-        photos=[p for p in parity if p is not None],
+        photos=open_photos(eval_samples[:: max(1, len(eval_samples) // 8)][:8]),
         fp16=config.export_fp16,
         int8=config.export_int8,
-        calibration_photos=[p for p in (_open_rgb(s.path) for s in held[:64]) if p is not None],
+        calibration_photos=open_photos(held[:64]),
         overwrite=True,
     )
     report("evaluate", 0.95, f"evaluating the exported model on {len(eval_samples)} photos")
-    evaluation = evaluate_model_dir(
-        export_dir, eval_samples, classes, tta=config.tta, field=True, progress=progress
+    evaluation = evaluate_export(
+        export_dir,
+        card,
+        result,
+        eval_samples,
+        classes,
+        eval_split=eval_split,
+        history=history,
+        calibration=calibration,
+        timings=timings,
+        problems=data.report.lines(),
+        t_start=t_start,
+        tta=config.tta,
+        progress=progress,
     )
+    metrics = evaluation["metrics"]
+    if history:
+        from training.report import plot_curves
+
+        plot_curves(history, run / "curves.png")
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "export": str(export_dir),
+                "metrics": card.metrics,
+                "calibration": calibration,
+                "timings": timings,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    report(
+        "done",
+        1.0,
+        f"top-1 {metrics['top1']:.4f}, top-3 {metrics['top3']:.4f}, F1a {metrics['f1a']:.3f}, "
+        f"ECE {metrics['ece']:.4f} on {len(eval_samples)} photos; model at {export_dir}",
+    )
+    return {
+        "run": str(run),
+        "export": str(export_dir),
+        "name": config.name,
+        "version": version,
+        "metrics": {k: v for k, v in card.metrics.items() if k != "per_class"},
+        "calibration": calibration,
+        "timings": timings,
+        "history": history,
+        "data_problems": data.report.lines(),
+    }
+
+
+def evaluate_export(
+    export_dir: Path,
+    card: ModelCard,
+    result: ExportResult,
+    eval_samples: Sequence[Sample],
+    classes: Sequence[str],
+    *,
+    eval_split: str | None,
+    history: list[dict[str, Any]],
+    calibration: dict[str, Any],
+    timings: dict[str, float],
+    problems: list[str],
+    t_start: float,
+    tta: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The end of every export: evaluate the folder, fill ``card.metrics``, write the card and the report.
+
+    The exported ``model.onnx`` is evaluated through the service's classifier on ``eval_samples`` (plus
+    field-like composites, and TTA when asked), each quantized variant in ``result.variants`` too; then the
+    card (``model.json`` and the copy embedded in every ONNX file) and ``report.*`` are written. Used by
+    :func:`train` and by :func:`training.ensemble.run_ensemble`.
+
+    Args:
+        export_dir: the exported version folder.
+        card: its card; ``metrics`` and ``training["timings"]`` / ``["parity_max_prob_diff"]`` are filled in.
+        result: what :func:`training.export.export_model` returned.
+        eval_samples: the evaluation photos.
+        classes: the label list (checked against the card's).
+        eval_split: the name of the evaluation split (``None``: the held-out slice).
+        history: per-epoch rows for the report (empty when nothing was trained).
+        calibration: the calibration block (:func:`training.calibration.calibrate`).
+        timings: seconds so far; ``total_seconds`` is added.
+        problems: data problems for the report.
+        t_start: ``time.perf_counter()`` when the run started.
+        tta: also evaluate with test-time augmentation.
+        progress: show progress bars.
+
+    Returns:
+        The evaluation of ``model.onnx`` (:func:`training.evaluation.evaluate_model_dir`).
+    """
+    from training.evaluation import evaluate_model_dir
+    from training.export import write_card
+    from training.report import write_report
+
+    evaluation = evaluate_model_dir(export_dir, eval_samples, classes, tta=tta, field=True, progress=progress)
     metrics = evaluation["metrics"]
     variants = {}
     for kind, path in result.variants.items():
@@ -652,41 +746,20 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         calibration=calibration,
         timings=timings,
         variants=variants,
-        problems=data.report.lines(),
+        problems=problems,
     )
-    if history:
-        from training.report import plot_curves
+    return evaluation
 
-        plot_curves(history, run / "curves.png")
-    (run / "summary.json").write_text(
-        json.dumps(
-            {
-                "export": str(export_dir),
-                "metrics": card.metrics,
-                "calibration": calibration,
-                "timings": timings,
-            },
-            indent=2,
-            default=str,
-        )
-    )
-    report(
-        "done",
-        1.0,
-        f"top-1 {metrics['top1']:.4f}, top-3 {metrics['top3']:.4f}, F1a {metrics['f1a']:.3f}, "
-        f"ECE {metrics['ece']:.4f} on {len(eval_samples)} photos; model at {export_dir}",
-    )
-    return {
-        "run": str(run),
-        "export": str(export_dir),
-        "name": config.name,
-        "version": version,
-        "metrics": {k: v for k, v in card.metrics.items() if k != "per_class"},
-        "calibration": calibration,
-        "timings": timings,
-        "history": history,
-        "data_problems": data.report.lines(),
-    }
+
+def evaluation_split(data: LabelledData, held: list[Sample]) -> tuple[str | None, list[Sample]]:
+    """The split the exported model is evaluated on: ``test``, else ``valid``, else the held-out slice (``None``)."""
+    name = "test" if data.splits.get("test") else "valid" if data.splits.get("valid") else None
+    return name, (data.splits[name] if name else held)
+
+
+def open_photos(samples: Sequence[Sample]) -> list[Any]:
+    """The readable ones of ``samples`` as RGB images, decoded as the service does (parity/int8 photos)."""
+    return [p for p in (_open_rgb(s.path) for s in samples) if p is not None]
 
 
 def _open_rgb(path: Path) -> Any:

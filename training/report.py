@@ -205,6 +205,23 @@ def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
     ece_at = HEADLINE_METRICS.index("ece") + 1
     for key in (*HEADLINE_METRICS[:ece_at], "ece_uncalibrated", *HEADLINE_METRICS[ece_at:]):
         lines.append(f"| {key} | {_fmt(m.get(key))} |")
+    members = card.training.get("ensemble_of") or []
+    if members:
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"The mean of {len(members)} members' calibrated probabilities, in one graph; each member sees the "
+            f"{card.input.size}-px input resized to its own size.",
+            "",
+            "| member | architecture | input | temperature | its top-1 |",
+            "|---|---|---|---|---|",
+        ]
+        for mb in members:
+            lines.append(
+                f"| {mb.get('name')} {mb.get('version')} | `{mb.get('architecture')}` | {mb.get('input_size')} px "
+                f"| {_fmt(mb.get('temperature'))} | {_fmt(mb.get('top1'))} |"
+            )
     cal = doc["calibration"] or {}
     lines += [
         "",
