@@ -7,10 +7,14 @@ Both are fitted on held-out photos (never the training photos) and stored in the
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.metrics import ece, nll, softmax
+
+if TYPE_CHECKING:
+    from service.modelcard import Calibration
 
 
 def fit_temperature(
@@ -73,3 +77,15 @@ def calibrate(
         "nll_before": nll(logits, targets),
         "nll_after": nll(logits, targets, t),
     }
+
+
+def card_calibration(fit: dict[str, float]) -> Calibration:
+    """The model card's calibration block from what :func:`calibrate` returned."""
+    from service.modelcard import Calibration
+
+    return Calibration(
+        temperature=fit["temperature"],
+        ood_energy_threshold=fit["ood_energy_threshold"],
+        ece_before=fit["ece_before"],
+        ece_after=fit["ece_after"],
+    )

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.modelcard import Calibration, ModelCard
+from service.modelcard import ModelCard
 from service.preprocess import decode_min_side
 
 logger = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def run_ensemble(
     Raises:
         EnsembleError: a member cannot be read, or the members or the data do not fit together.
     """
-    from training.calibration import calibrate
+    from training.calibration import calibrate, card_calibration
     from training.data import PhotoDataset, collate_skip_none, data_fingerprint, group_split, load_data
     from training.engine import evaluate
     from training.export import export_model
@@ -339,12 +339,7 @@ def run_ensemble(
         input=spec,
         labels=labels,
         taxonomy=photos.taxonomy or cards[0].taxonomy,
-        calibration=Calibration(
-            temperature=calibration["temperature"],
-            ood_energy_threshold=calibration["ood_energy_threshold"],
-            ece_before=calibration["ece_before"],
-            ece_after=calibration["ece_after"],
-        ),
+        calibration=card_calibration(calibration),
         training={
             "ensemble_of": [
                 {

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import Calibration, InputSpec, ModelCard
+from service.modelcard import InputSpec, ModelCard
 from service.preprocess import decode_min_side
 from training import backbones
-from training.calibration import calibrate, fit_temperature
+from training.calibration import calibrate, card_calibration, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import (
     LabelledData,
@@ -554,12 +554,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         input=spec,
         labels=classes,
         taxonomy=data.taxonomy,
-        calibration=Calibration(
-            temperature=calibration["temperature"],
-            ood_energy_threshold=calibration["ood_energy_threshold"],
-            ece_before=calibration["ece_before"],
-            ece_after=calibration["ece_after"],
-        ),
+        calibration=card_calibration(calibration),
         training={
             "data_source": data.source,
             "data_hash": data_fingerprint(all_photos),
