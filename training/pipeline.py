@@ -600,10 +600,9 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         exported.eval().cpu(),
         card,
         export_dir,
-        photos=open_photos(eval_samples[:: max(1, len(eval_samples) // 8)][:8]),
         fp16=config.export_fp16,
         int8=config.export_int8,
-        calibration_photos=open_photos(held[:64]),
+        **export_photos(eval_samples, held),
         overwrite=True,
     )
     report("evaluate", 0.95, f"evaluating the exported model on {len(eval_samples)} photos")
@@ -752,9 +751,21 @@ def evaluation_split(data: LabelledData, held: list[Sample]) -> tuple[str | None
     return name, (data.splits[name] if name else held)
 
 
-def open_photos(samples: Sequence[Sample]) -> list[Any]:
-    """The readable ones of ``samples`` as RGB images, decoded as the service does (parity/int8 photos)."""
-    return [p for p in (_open_rgb(s.path) for s in samples) if p is not None]
+def export_photos(eval_samples: Sequence[Sample], held: Sequence[Sample]) -> dict[str, list[Any]]:
+    """The photos an export is checked with, as :func:`training.export.export_model` keyword arguments.
+
+    ``photos``: up to 8 evaluation photos spread over the split (ONNX Runtime vs torch parity);
+    ``calibration_photos``: the first 64 held-out photos (int8 calibration). Decoded as the service does;
+    unreadable ones are left out.
+    """
+
+    def opened(samples: Sequence[Sample]) -> list[Any]:
+        return [p for p in (_open_rgb(s.path) for s in samples) if p is not None]
+
+    return {
+        "photos": opened(eval_samples[:: max(1, len(eval_samples) // 8)][:8]),
+        "calibration_photos": opened(held[:64]),
+    }
 
 
 def _open_rgb(path: Path) -> Any:
