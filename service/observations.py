@@ -454,16 +454,23 @@ def create_observation(
                 storage.ensure_media(root, blobs)
                 session.commit()
             except IntegrityError:
+                # Another request with the same Idempotency-Key committed first. Look it up, then end this
+                # transaction *before* removing our files: on SQLite every transaction holds the database
+                # write lock (BEGIN IMMEDIATE), and the clean-up opens its own session, which would wait
+                # for this one until the busy timeout (issue 16: a 30 s stall for everyone, then a 500).
                 session.rollback()
-                if idempotency_key:
-                    existing = find_by_idempotency_key(session, observer.id, idempotency_key)
-                    if existing is not None:
-                        storage.remove_unreferenced(factory, root, created_files)
-                        return _replay(existing, fingerprint)
-                raise
-            # Load what the response needs while the session is open.
-            _ = obs.photos
-            return Created(obs, replayed=False)
+                existing = (find_by_idempotency_key(session, observer.id, idempotency_key)
+                            if idempotency_key else None)
+                session.commit()  # ends the read; expire_on_commit=False keeps ``existing`` loaded
+                if existing is None:
+                    raise
+                replay = _replay(existing, fingerprint)
+            else:
+                # Load what the response needs while the session is open.
+                _ = obs.photos
+                return Created(obs, replayed=False)
+        storage.remove_unreferenced(factory, root, created_files)
+        return replay
     except BaseException:
         try:
             storage.remove_unreferenced(factory, root, created_files)
