@@ -52,7 +52,7 @@ from service.schemas.identify import (
     TaxonScore,
 )
 from service.settings import Settings
-from service.taxonomy import rollup
+from service.taxonomy import committed_answer, plain_answer, thresholds_for
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def _taxon_public(clf: Classifier, key: str) -> TaxonPublic:
     found = cache.get(key)
     if found is None:
         node = clf.tree.nodes[key]
-        ranks = {n.rank: n.name for n in clf.tree.lineage(key) if n.label is None}
+        ranks = {n.rank: n.name for n in clf.tree.lineage(key)[1:]}
+        ranks.setdefault(node.rank, node.name)
         info = node.info
         found = TaxonPublic(label=node.label, scientific_name=node.name, common_name=node.common_name,
                             rank=node.rank,
@@ -185,20 +186,36 @@ def _restrict(probs: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.where(sums > 0, kept / np.where(sums > 0, sums, 1.0), uniform)
 
 
-def _answer(clf: Classifier, probs: np.ndarray, k: int, threshold: float, ood: bool,
-            mask: np.ndarray | None = None) -> tuple[list[TaxonScore], RollupPublic | None]:
+def answer_thresholds(clf: Classifier, default: float) -> dict[str, float]:
+    """The committed answer's per-rank thresholds: the card's fitted ones, else ``default`` everywhere."""
+    cache: dict[Any, Any] = clf.cache.setdefault("answer_thresholds", {})
+    if default not in cache:
+        cache[default] = thresholds_for(clf.card.calibration.answer_thresholds, default)
+    return cache[default]  # type: ignore[no-any-return]
+
+
+def answer_scores(clf: Classifier, probs: np.ndarray, k: int, threshold: float, ood: bool,
+                  mask: np.ndarray | None = None) -> tuple[list[TaxonScore], RollupPublic | None]:
+    """Top-k labels and the committed answer for one row of calibrated probabilities.
+
+    The one answer path: ``/identify``, the prediction stored with an observation and ``pollinid predict``
+    all call it.
+    """
     labels = clf.card.labels
     candidates = np.flatnonzero(mask) if mask is not None else np.arange(len(labels))
     k = min(k, len(candidates))
     top = candidates[np.argpartition(-probs[candidates], k - 1)[:k]] if k < len(candidates) else candidates
     top = top[np.argsort(-probs[top], kind="stable")]
-    results = [TaxonScore(taxon=_taxon_public(clf, f"label:{labels[i]}"), score=float(probs[i])) for i in top]
+    results = [TaxonScore(taxon=_taxon_public(clf, clf.tree.label_key(labels[i])), score=float(probs[i]))
+               for i in top]
     nonzero = np.flatnonzero(probs > 0)
     scores = {labels[i]: float(probs[i]) for i in nonzero}
-    found = rollup(clf.tree, scores, threshold, finest_rank=OOD_FINEST_RANK if ood else None)
+    found = committed_answer(clf.tree, scores, answer_thresholds(clf, threshold),
+                             finest_rank=OOD_FINEST_RANK if ood else None)
     roll = None
     if found is not None:
-        roll = RollupPublic(taxon=_taxon_public(clf, found.key), rank=found.rank, score=round(found.score, 6))
+        roll = RollupPublic(taxon=_taxon_public(clf, found.key), rank=found.rank, score=round(found.score, 6),
+                            kind=found.kind, answer=plain_answer(clf.tree, found))
     return results, roll
 
 
@@ -279,14 +296,14 @@ async def identify(state: Any, images: list[bytes], *, top_k: int, taxon: str | 
     photo_ood = [bool(threshold is not None and e < threshold) for e in energies]
     fused = probs.mean(axis=0)
     fused_ood = bool(threshold is not None and float(energies.mean()) < threshold)
-    fused_results, fused_rollup = _answer(clf, fused, top_k, settings.rollup_threshold, fused_ood, mask)
+    fused_results, fused_rollup = answer_scores(clf, fused, top_k, settings.rollup_threshold, fused_ood, mask)
 
     photos: list[PhotoResult] = []
     for i, (photo, res) in enumerate(zip(prepared, inferred, strict=True)):
         if n == 1:
             results, roll = fused_results, fused_rollup
         else:
-            results, roll = _answer(clf, probs[i], top_k, settings.rollup_threshold, photo_ood[i], mask)
+            results, roll = answer_scores(clf, probs[i], top_k, settings.rollup_threshold, photo_ood[i], mask)
         photos.append(PhotoResult(
             index=i, filename=names[i], width=photo.width, height=photo.height, format=photo.format,
             draft_scale=photo.draft_scale, results=results, rollup=roll, energy=round(float(energies[i]), 4),

@@ -54,8 +54,19 @@ class InputSpec(BaseModel):
         return self
 
 
+# The rank of a label that is not a taxon ("no_insect": a photo with no insect in it).
+NOT_A_TAXON = "none"
+# Every taxon label of this service lies inside class Insecta (the root of the tree).
+ROOT_RANK, ROOT_NAME = "class", "Insecta"
+
+
 class LabelTaxon(BaseModel):
-    """Taxonomy of one output label."""
+    """Taxonomy of one output label: a species, a genus, a family, an order, or no taxon at all.
+
+    ``rank`` is the label's own rank; a label above species names that taxon itself (``genus`` Bombus,
+    ``family`` Vespidae) and means "this taxon, none of the finer labels" when finer labels lie inside it.
+    ``rank == "none"`` marks a label that is not a taxon (``no_insect``).
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -66,6 +77,21 @@ class LabelTaxon(BaseModel):
     family: str | None = None
     order: str | None = None
     group: str | None = None
+
+    @field_validator("rank", mode="before")
+    @classmethod
+    def _rank(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "species"
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in RANKS and value != NOT_A_TAXON:
+                raise ValueError(f"unknown rank {value!r}; known: {list(RANKS) + [NOT_A_TAXON]}")
+        return value
+
+    @property
+    def is_taxon(self) -> bool:
+        return self.rank != NOT_A_TAXON
 
 
 class Calibration(BaseModel):
@@ -78,6 +104,12 @@ class Calibration(BaseModel):
     ood_energy_threshold: float | None = None
     ece_before: float | None = None
     ece_after: float | None = None
+    # The committed answer's thresholds (see :func:`service.taxonomy.committed_answer`): per rank
+    # (``species``, ``genus``, ``family``, ``order``, ``class``) and ``no_insect``, fitted by training on
+    # classes held out of training (leave-classes-out); None: the service's default threshold everywhere.
+    answer_thresholds: dict[str, float] | None = None
+    # What the thresholds were fitted on and what they gave there (held-out classes, targets, counts).
+    answer_fit: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):

@@ -35,10 +35,15 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         description="Train a classifier on labelled photos and export it as a model "
         "version (ONNX + model card + evaluation report).",
     )
-    p.add_argument("--data", required=True, help="ImageFolder root, CSV manifest or COCO/iNat JSON")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="ImageFolder root, CSV manifest or COCO/iNat JSON; give it several times to merge sources",
+    )
     p.add_argument("--valid", help="a second manifest/JSON for the validation split")
     p.add_argument("--image-root", help="folder COCO file names are relative to")
-    p.add_argument("--taxonomy", help="taxonomy CSV (label,scientific_name,common_name,genus,family,...)")
+    p.add_argument("--taxonomy", help="taxonomy CSV (label,scientific_name,common_name,rank,genus,family,...)")
     p.add_argument("--out", default="runs/latest", help="run folder (checkpoints, config, curves)")
     p.add_argument("--config", help="JSON file of options; command-line flags override it")
     p.add_argument(
@@ -154,6 +159,8 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in vars(args).items():
         if key in names and value is not None:
             values[key] = value
+    if isinstance(values.get("data"), list) and len(values["data"]) == 1:
+        values["data"] = values["data"][0]
     return values
 
 
@@ -174,7 +181,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("evaluate", help="evaluate an exported model on labelled photos")
     p.add_argument("--model", required=True, help="model version folder (model.onnx + model.json)")
-    p.add_argument("--data", required=True, help="ImageFolder root, CSV manifest or COCO/iNat JSON")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="ImageFolder root, CSV manifest or COCO/iNat JSON; give it several times to merge sources",
+    )
     p.add_argument("--split", default="valid", help="which split to evaluate (default valid)")
     p.add_argument("--image-root")
     p.add_argument("--onnx-file", help="another ONNX file of the folder (model.fp16.onnx, model.int8.onnx)")
@@ -196,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     card = ModelCard.load(folder)
     data = load_data(
-        Path(args.data), image_root=Path(args.image_root) if args.image_root else None, classes=card.labels
+        args.data, image_root=Path(args.image_root) if args.image_root else None, classes=card.labels
     )
     split = {"val": "valid", "validation": "valid"}.get(args.split, args.split)
     if split not in data.splits:
@@ -366,62 +378,53 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: 
     p.add_argument("--model", required=True, help="model version folder (model.onnx + model.json)")
     p.add_argument("photos", nargs="+", help="photo files")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--threshold", type=float, default=0.8, help="roll-up threshold")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.8,
+        help="committed-answer threshold for ranks the model card has no fitted threshold for",
+    )
     p.set_defaults(func=cmd_predict)
 
 
 def predict_photos(
     model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
 ) -> list[dict[str, Any]]:
-    """Identify photos exactly as the service does: decode, preprocess, ONNX Runtime, calibrate, roll up.
+    """Identify photos exactly as the service does, through the same functions as ``/identify``.
 
-    A photo that cannot be read gets ``{"photo", "error"}`` instead of results.
+    Decode and preprocess (:func:`service.identification.prepare_photo`), ONNX Runtime, calibrate, the OOD
+    gate and the committed answer (:func:`service.identification.answer_scores`). A photo that cannot be
+    read gets ``{"photo", "error"}`` instead of results.
     """
     from service.classifier import RuntimeOptions, load_classifier
     from service.errors import PollinidError
-    from service.imaging import decode_image
-    from service.preprocess import decode_min_side, preprocess
-    from service.taxonomy import rollup
-    from service.taxonomy import top_k as best_k
+    from service.identification import OOD_FINEST_RANK, answer_scores, prepare_photo
+    from service.imaging import DecodeLimits
 
     clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
     card, spec = clf.card, clf.card.input
     out: list[dict[str, Any]] = []
     for photo in photos:
         try:
-            img = decode_image(Path(photo).read_bytes(), min_side=decode_min_side(spec)).image
+            prepared = prepare_photo(Path(photo).read_bytes(), spec, DecodeLimits())
         except (OSError, PollinidError) as exc:
             out.append({"photo": str(photo), "error": getattr(exc, "message", str(exc))})
             continue
-        logits = clf.run(preprocess(img, spec)[None])
+        logits = clf.run(prepared.tensor[None])
         probs = clf.probabilities(logits)[0]
         energy = float(clf.energy(logits)[0])
         threshold_ood = card.calibration.ood_energy_threshold
         unknown = threshold_ood is not None and energy < threshold_ood
-        scores = dict(zip(card.labels, probs.tolist(), strict=True))
-        roll = rollup(clf.tree, scores, threshold, finest_rank="genus" if unknown else None)
-        results = (
-            []
-            if unknown
-            else [
-                {
-                    "label": label,
-                    "score": round(score, 6),
-                    **card.taxon_of(label).model_dump(exclude_none=True),
-                }
-                for label, score in best_k(probs, card.labels, top_k)
-            ]
-        )
+        results, roll = answer_scores(clf, probs, top_k, threshold, unknown)
         out.append(
             {
                 "photo": str(photo),
                 "model": {"name": card.name, "version": card.version},
-                "results": results,
+                "results": [r.model_dump(mode="json") for r in results],
                 "energy": round(energy, 4),
-                "unknown_species_suspected": unknown,
-                "rollup": None
-                if roll is None
-                else {"taxon": roll.name, "rank": roll.rank, "score": round(roll.score, 6)},
+                "out_of_distribution": unknown,
+                "answer_finest_rank": OOD_FINEST_RANK if unknown else None,
+                "rollup": None if roll is None else roll.model_dump(mode="json"),
             }
         )
     return out

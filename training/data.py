@@ -232,7 +232,7 @@ def read_coco(
 
 
 def load_data(
-    source: Path,
+    source: Path | str | Sequence[Path | str],
     *,
     valid: Path | None = None,
     image_root: Path | None = None,
@@ -252,7 +252,16 @@ def load_data(
             unknown and left out. By default the labels of the training split, sorted.
         check_readable: open every photo once; unreadable ones are skipped and counted.
         dedupe: remove training photos whose bytes also appear in another split.
+
+    Several sources (a list) are read one by one, each with its own ``taxonomy.csv``, and merged: their
+    labels must not clash (one label, two different taxa), and the classes are the union of theirs.
     """
+    if not isinstance(source, (str, Path)):
+        sources = [Path(s) for s in source]
+        if len(sources) != 1:
+            return _merge_sources(sources, valid=valid, image_root=image_root, taxonomy_csv=taxonomy_csv,
+                                  classes=classes, check_readable=check_readable, dedupe=dedupe)
+        source = sources[0]
     source = Path(source)
     report = DataReport()
     taxonomy: dict[str, LabelTaxon] = {}
@@ -318,6 +327,59 @@ def load_data(
     for line in report.lines():
         logger.warning("data: %s", line)
     return data
+
+
+def _merge_sources(
+    sources: Sequence[Path],
+    *,
+    valid: Path | None,
+    image_root: Path | None,
+    taxonomy_csv: Path | None,
+    classes: Sequence[str] | None,
+    check_readable: bool,
+    dedupe: bool,
+) -> LabelledData:
+    if not sources:
+        raise ValueError("no data source given")
+    if valid is not None:
+        raise ValueError("--valid applies to one source; give each source its own valid split instead")
+    parts = [load_data(s, image_root=image_root, check_readable=check_readable, dedupe=dedupe) for s in sources]
+    splits: dict[str, list[Sample]] = defaultdict(list)
+    taxonomy: dict[str, LabelTaxon] = {}
+    report = DataReport()
+    for source, part in zip(sources, parts, strict=True):
+        for label, info in part.taxonomy.items():
+            if label in taxonomy and taxonomy[label] != info:
+                raise ValueError(f"label {label!r} means two different taxa in the data sources "
+                                 f"({taxonomy[label].scientific_name!r} and {info.scientific_name!r}, in {source})")
+            taxonomy[label] = info
+        for split, samples in part.splits.items():
+            splits[split].extend(samples)
+        for name in ("unreadable", "missing_files", "empty_classes", "duplicates_across_splits"):
+            getattr(report, name).extend(getattr(part.report, name))
+        for key, n in part.report.unknown_labels.items():
+            report.unknown_labels[key] = report.unknown_labels.get(key, 0) + n
+    if taxonomy_csv is not None:
+        taxonomy.update(read_taxonomy_csv(Path(taxonomy_csv)))
+    merged_classes = sorted({c for part in parts for c in part.classes})
+    if classes is not None:
+        known = set(classes)
+        unknown: Counter[str] = Counter()
+        for split, samples in splits.items():
+            unknown.update(f"{split}:{s.label}" for s in samples if s.label not in known)
+            splits[split] = [s for s in samples if s.label in known]
+        for key, n in unknown.items():
+            report.unknown_labels[key] = report.unknown_labels.get(key, 0) + n
+        counts = Counter(s.label for s in splits["train"])
+        report.empty_classes = sorted(set(report.empty_classes) | {c for c in classes if not counts[c]})
+        merged_classes = list(classes)
+    return LabelledData(
+        splits=dict(splits),
+        classes=merged_classes,
+        taxonomy={k: v for k, v in taxonomy.items() if k in set(merged_classes)},
+        report=report,
+        source=" + ".join(str(s) for s in sources),
+    )
 
 
 def is_readable(path: Path) -> bool:

@@ -67,7 +67,7 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run folder."""
 
-    data: str
+    data: str | list[str]
     out: str = "runs/latest"
     valid: str | None = None
     image_root: str | None = None
@@ -118,6 +118,11 @@ class TrainConfig:
     mirror_tta: bool = False
     tta: bool = False
     progress: bool = True
+
+    @property
+    def data_sources(self) -> list[Path]:
+        """The data sources: one path, or several merged (``--data A --data B``)."""
+        return [Path(d) for d in ([self.data] if isinstance(self.data, str) else self.data)]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -228,7 +233,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     # -- data ------------------------------------------------------------------------------------------
     report("data", 0.0, f"reading {config.data}")
     data: LabelledData = load_data(
-        Path(config.data),
+        config.data_sources,
         valid=Path(config.valid) if config.valid else None,
         image_root=Path(config.image_root) if config.image_root else None,
         taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -13,12 +15,14 @@ class ModelRef(BaseModel):
 
 
 class TaxonPublic(BaseModel):
-    """A taxon: a model label (species) or one of its ancestors (genus, family, order)."""
+    """A taxon (a model label at any rank, or an ancestor of labels up to class Insecta), or the label
+    ``no_insect`` (rank ``none``: not a taxon)."""
 
-    label: str | None = Field(None, description="the model label; null for a taxon above the labels")
+    label: str | None = Field(None, description="the model label whose node this is; null for a taxon that "
+                                                "only groups labels")
     scientific_name: str
     common_name: str | None = None
-    rank: str
+    rank: str = Field(description="species, genus, family, order, class; `none` for `no_insect`")
     genus: str | None = None
     family: str | None = None
     order: str | None = None
@@ -30,11 +34,23 @@ class TaxonScore(BaseModel):
 
 
 class RollupPublic(BaseModel):
-    """The finest taxon whose summed score passes the roll-up threshold ("pretty sure it's genus X")."""
+    """The committed answer: the one thing the service claims about the photos.
+
+    The finest taxon whose summed calibrated probability passes that rank's threshold (thresholds fitted on
+    classes held out of training, so that taxa the model never saw are not claimed at a rank its evidence
+    does not reach); or "no insect in this photo"; or "an insect, not placed" (class Insecta). When nothing
+    is safe to say, the response's `rollup` is null.
+    """
 
     taxon: TaxonPublic
-    rank: str
-    score: float
+    rank: str = Field(description="rank of the answer: species, genus, family, order, class; `none` for no "
+                                  "insect")
+    score: float = Field(description="the summed calibrated probability of the answer")
+    kind: Literal["taxon", "insect", "no_insect"] = Field(
+        "taxon", description="taxon: a named taxon; insect: an insect the model cannot place (class Insecta); "
+        "no_insect: no insect in the photo")
+    answer: str = Field("", description="the answer in plain words, e.g. 'Bumblebee (genus Bombus): the species "
+                                        "needs an expert.'")
 
 
 class PhotoResult(BaseModel):
@@ -58,8 +74,8 @@ class IdentifyResponse(BaseModel):
 
     model: ModelRef
     results: list[TaxonScore] = Field(description="fused over all photos: mean of calibrated probabilities")
-    rollup: RollupPublic | None = Field(description="null when not even the coarsest rank passes the "
-                                                    "threshold")
+    rollup: RollupPublic | None = Field(description="the committed answer (see RollupPublic); null when "
+                                                    "nothing, not even 'an insect', is safe to say")
     out_of_distribution: bool = Field(
         description="true when the photos look unlike every species the model knows (mean energy below "
         "the card's threshold): the roll-up then stops at genus or coarser")
