@@ -8,7 +8,33 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import InvalidRequest
+
 logger = logging.getLogger(__name__)
+
+
+def _has_nul(parameters: Any) -> bool:
+    if isinstance(parameters, str):
+        return "\x00" in parameters
+    if isinstance(parameters, dict):
+        return any(_has_nul(v) for v in parameters.values())
+    if isinstance(parameters, (list, tuple)):
+        return any(_has_nul(v) for v in parameters)
+    return False
+
+
+def _refuse_nul(engine: Engine) -> None:
+    """Refuse text containing NUL (0x00) on every backend, before it reaches the database.
+
+    PostgreSQL cannot store NUL in text and fails the statement; SQLite stores it, and it then travels into
+    exports. Routes check their own fields with clear messages; this is the net under all of them.
+    """
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any,
+               _executemany: bool) -> None:
+        if parameters and _has_nul(parameters):
+            raise InvalidRequest("text must not contain NUL (0x00) characters")
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -32,8 +58,11 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
             # IMMEDIATE takes the write lock at BEGIN, so read-then-write transactions never deadlock.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        _refuse_nul(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    _refuse_nul(engine)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

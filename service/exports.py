@@ -326,8 +326,27 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (CSV injection).
+FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: text starting with a formula prefix gets a ``'``.
+
+    OWASP's advice for CSV injection. Numbers are left as they are (a negative longitude stays a number);
+    so is every other text. Rows stay one line each: CR and LF inside text are kept (quoted by csv).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def write_csv(session: Session, settings: Settings, out: Path) -> ExportResult:
-    """Write every observation as one CSV row (photos as space-separated sha256)."""
+    """Write every observation as one CSV row (photos as space-separated sha256).
+
+    Text typed by users (names, flower, session, notes) may start with ``=``, ``+``, ``-`` or ``@``:
+    such cells are prefixed with ``'`` (:func:`csv_cell`) so that spreadsheets do not run them.
+    """
     names = _user_names(session)
     taxa = _Taxa(session)
     fd, tmp = _atomic_target(out)
@@ -342,7 +361,7 @@ def write_csv(session: Session, settings: Settings, out: Path) -> ExportResult:
                 taxon = taxa.get(obs.taxon_id)
                 flower = taxa.get(obs.flower_taxon_id)
                 writer.writerow(
-                    [
+                    csv_cell(v) for v in [
                         obs.id,
                         obs.observer_id,
                         names.get(obs.observer_id, ""),

@@ -36,7 +36,7 @@ LICENCES: tuple[str, ...] = ("CC0", "CC-BY", "CC-BY-NC")
 STATUSES: tuple[str, ...] = ("needs_id", "validated", "disputed", "cannot_tell")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")
 FUTURE_TOLERANCE = timedelta(minutes=10)
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+EARLIEST = datetime(1800, 1, 1, tzinfo=UTC)  # museum and herbarium records; nothing older is plausible
 
 # EXIF tags (Pillow numbers).
 _EXIF_IFD = 0x8769
@@ -227,9 +227,23 @@ def check_observed_at(value: datetime, *, now: datetime | None = None) -> dateti
         )
     if value < EARLIEST:
         raise InvalidRequest(
-            f"observed_at {value.isoformat()} is before 1900", detail={"field": "observed_at"}
+            f"observed_at {value.isoformat()} is before 1800", detail={"field": "observed_at"}
         )
     return value
+
+
+TEXT_FIELDS: tuple[str, ...] = ("flower", "flower_taxon", "session_id", "notes")
+
+
+def check_text(field_name: str, value: Any) -> None:
+    """Refuse NUL characters in a free-text field (PostgreSQL cannot store them; exports must not carry them).
+
+    Raises:
+        InvalidRequest: ``value`` is a string holding ``\\x00``.
+    """
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidRequest(f"{field_name} must not contain NUL (0x00) characters",
+                             detail={"field": field_name})
 
 
 def check_coordinates(lat: float | None, lon: float | None, precision: float | None) -> None:
@@ -270,6 +284,8 @@ def resolve_metadata(
     session: Session, meta: ObservationInput, photos: Sequence[UploadedPhoto]
 ) -> ResolvedMetadata:
     """Validate the metadata; take the date and position from the photos' EXIF when they are missing."""
+    for name in TEXT_FIELDS:
+        check_text(name, getattr(meta, name))
     licence = check_licence(meta.licence)
     check_coordinates(meta.latitude, meta.longitude, meta.coordinate_precision_m)
     observed_at, source = meta.observed_at, "user"
@@ -612,6 +628,8 @@ def update_observation(
     unknown = set(changes) - set(EDITABLE)
     if unknown:
         raise InvalidRequest(f"cannot edit {sorted(unknown)}; editable: {list(EDITABLE)}")
+    for name in TEXT_FIELDS:
+        check_text(name, changes.get(name))
     if "observed_at" in changes:
         if changes["observed_at"] is None:
             raise InvalidRequest("observed_at cannot be removed")

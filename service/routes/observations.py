@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BeforeValidator
 
 from service import observations as obs_domain
 from service.auth import ALL_ROLES
@@ -21,6 +22,7 @@ from service.schemas.observations import (
     ObservationsPublic,
     ObservationStatus,
     ObservationUpdate,
+    iso_8601,
 )
 from service.tables import Observation
 
@@ -67,7 +69,10 @@ async def create_observation(
     user: CurrentUser,
     settings: SettingsDep,
     photos: Annotated[list[UploadFile], File(description="1–5 photos of one insect")],
-    observed_at: Annotated[datetime | None, Form(description="when; default: the photos' EXIF date")] = None,
+    observed_at: Annotated[
+        datetime | None, BeforeValidator(iso_8601),
+        Form(description="when, ISO 8601 (2024-06-01T10:00:00Z); default: the photos' EXIF date"),
+    ] = None,
     latitude: Annotated[float | None, Form(description="WGS84; default: the photos' EXIF GPS")] = None,
     longitude: Annotated[float | None, Form()] = None,
     coordinate_precision_m: Annotated[float | None, Form(description="uncertainty radius, metres")] = None,
@@ -150,8 +155,8 @@ def list_observations(
     ] = None,
     observer: Annotated[int | None, Query(description="observer's user id")] = None,
     session_id: Annotated[str | None, Query(max_length=128)] = None,
-    observed_from: Annotated[datetime | None, Query()] = None,
-    observed_to: Annotated[datetime | None, Query()] = None,
+    observed_from: Annotated[datetime | None, BeforeValidator(iso_8601), Query()] = None,
+    observed_to: Annotated[datetime | None, BeforeValidator(iso_8601), Query()] = None,
     bbox: Annotated[str | None, Query(max_length=200, description="min_lon,min_lat,max_lon,max_lat")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,

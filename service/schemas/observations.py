@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.schemas.taxa import TaxonPublic
 
+# ISO 8601 (RFC 3339 profile, plus a date alone and a space for the T): no epoch numbers, no other formats.
+ISO_8601_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?(Z|z|[+-]\d{2}(:?\d{2})?)?)?"
+)
+
+
+def iso_8601(value: Any) -> Any:
+    """Pass an ISO 8601 date-time string (or a datetime) on to pydantic; refuse anything else.
+
+    pydantic alone reads ``-1`` or ``99999999999`` as Unix timestamps (1969, 5138); an observation date
+    is only ever written as ISO 8601, e.g. ``2024-06-01T10:00:00Z``.
+    """
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and ISO_8601_RE.fullmatch(value.strip()):
+        return value.strip()
+    raise ValueError("expected an ISO 8601 date-time such as 2024-06-01T10:00:00Z")
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(iso_8601)]
 Licence = Literal["CC0", "CC-BY", "CC-BY-NC"]
 ObservationStatus = Literal["needs_id", "validated", "disputed", "cannot_tell"]
 
@@ -69,7 +90,7 @@ class ObservationsPublic(BaseModel):
 class ObservationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    observed_at: datetime | None = None
+    observed_at: Annotated[datetime | None, BeforeValidator(iso_8601)] = None
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
     coordinate_precision_m: float | None = Field(None, ge=0, le=1_000_000)
