@@ -31,11 +31,12 @@ from service.classifier import RuntimeOptions
 from service.errors import Conflict, InvalidRequest
 from service.exports import _Taxa, write_training_manifest
 from service.gate import GateConfig, compare
-from service.modelcard import CARD_FILENAME, ONNX_FILENAME, RANKS
+from service.modelcard import CARD_FILENAME, NOT_A_TAXON, ONNX_FILENAME, RANKS
 from service.registry import ModelRegistry
 from service.schemas.jobs import RetrainCreate
 from service.settings import Settings
 from service.tables import ModelVersion, Taxon, TaxonLabel
+from service.taxonomy import NO_INSECT
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +49,73 @@ def _active_row(session: Session) -> ModelVersion | None:
                            .order_by(ModelVersion.activated_at.desc())).first()
 
 
+def data_roots(settings: Settings) -> list[Path]:
+    """The folders retrain inputs may come from (``settings.retrain_data_roots``, else data_dir/datasets)."""
+    roots = list(settings.retrain_data_roots) or [settings.data_dir / "datasets"]
+    return [Path(os.path.realpath(r)) for r in roots]
+
+
+def resolve_in_roots(value: str, roots: list[Path], *, field: str, want_file: bool = False) -> Path:
+    """The real path of ``value`` if it lies inside one of ``roots`` and exists there.
+
+    Symbolic links and ``..`` are followed before the check, ``~`` is not expanded, and a relative path is
+    taken inside each root in turn. The error says the same whether or not something exists outside the
+    roots, so a request cannot probe the server's file system.
+
+    Raises:
+        InvalidRequest: a NUL byte, an unusable path, a path outside the roots, or nothing there.
+    """
+    hint = "a path inside the retrain data folders (POLLINID_RETRAIN_DATA_ROOTS)"
+    outside = InvalidRequest(f"{field} must be {hint}", detail={"field": field})
+    if not value or "\x00" in value or len(value) > 4096:
+        raise outside
+    candidates = [Path(value)] if os.path.isabs(value) else [root / value for root in roots]
+    for candidate in candidates:
+        try:
+            real = Path(os.path.realpath(candidate))
+        except (OSError, ValueError):
+            raise outside from None
+        root = next((r for r in roots if real == r or real.is_relative_to(r)), None)
+        if root is None:
+            continue
+        try:
+            found = real.is_file() if want_file else real.exists()
+        except (OSError, ValueError):
+            found = False
+        if found:
+            return real
+    if any(_inside(c, roots) for c in candidates):
+        what = "file" if want_file else "file or folder"
+        raise InvalidRequest(f"{field} {value!r} does not exist in the retrain data folders (no such {what})",
+                             detail={"field": field})
+    raise outside
+
+
+def _inside(candidate: Path, roots: list[Path]) -> bool:
+    try:
+        real = Path(os.path.realpath(candidate))
+    except (OSError, ValueError):
+        return False
+    return any(real == r or real.is_relative_to(r) for r in roots)
+
+
 def check_request(body: RetrainCreate, *, session: Session, settings: Settings) -> dict[str, Any]:
     """Validate a retrain request against the server; return the job's params.
 
     Raises:
-        InvalidRequest: the base dataset is missing or of an unknown kind; no model name can be chosen.
+        InvalidRequest: the base dataset or weights are outside the retrain data folders, missing, or of an
+            unknown kind; no model name can be chosen.
         Conflict: the requested version already exists.
     """
-    base = Path(body.base_dataset).expanduser()
-    base = base if base.is_absolute() else (Path.cwd() / base)
-    base = base.resolve()
-    if not base.exists():
-        raise InvalidRequest(f"base dataset {body.base_dataset!r} does not exist on the server",
-                             detail={"base_dataset": str(base)})
+    roots = data_roots(settings)
+    base = resolve_in_roots(body.base_dataset, roots, field="base_dataset")
     if base.is_file() and base.suffix.lower() not in DATASET_SUFFIXES:
         raise InvalidRequest(f"base dataset {body.base_dataset!r}: expected a folder, a .csv manifest or a "
                              "COCO/iNat .json file")
     if not base.is_dir() and not base.is_file():
         raise InvalidRequest(f"base dataset {body.base_dataset!r} is neither a folder nor a file")
-    if body.weights is not None and not Path(body.weights).expanduser().is_file():
-        raise InvalidRequest(f"weights file {body.weights!r} does not exist on the server")
+    weights = (resolve_in_roots(body.weights, roots, field="weights", want_file=True)
+               if body.weights is not None else None)
     name = body.name
     if name is None:
         active = _active_row(session)
@@ -82,6 +130,8 @@ def check_request(body: RetrainCreate, *, session: Session, settings: Settings) 
             raise Conflict(f"model {name}/{body.version} already exists; choose another version")
     params = body.model_dump(mode="json")
     params.update(base_dataset=str(base), name=name)
+    if weights is not None:
+        params["weights"] = str(weights)
     if params["min_new_class_photos"] is None:
         params["min_new_class_photos"] = settings.retrain_min_new_class_photos
     return params
@@ -116,16 +166,24 @@ def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: 
 
 
 def observation_taxonomy(session: Session, labels: set[str]) -> dict[str, dict[str, str | None]]:
-    """Taxonomy rows (``scientific_name, common_name, rank, genus, family, order``) for manifest labels."""
+    """Taxonomy rows (``scientific_name, common_name, rank, genus, family, order``) for manifest labels.
+
+    A label keeps its taxon's own rank (``bombus``: genus Bombus, with its family and order); ``no_insect``
+    (photos the specialists found no insect in) is rank ``none``, not a taxon.
+    """
     taxa = _Taxa(session)
     by_label: dict[str, int] = {str(r[0]): int(r[1]) for r in session.execute(
         select(TaxonLabel.label, TaxonLabel.taxon_id))}
     out: dict[str, dict[str, str | None]] = {}
     for label in sorted(labels):
+        if label == NO_INSECT:
+            out[label] = {"scientific_name": None, "common_name": "No insect", "rank": NOT_A_TAXON,
+                          "genus": None, "family": None, "order": None}
+            continue
         taxon: Taxon | None = taxa.get(by_label.get(label))
         if taxon is None:
-            taxon = session.scalars(select(Taxon).where(Taxon.scientific_name == label)
-                                    .order_by(Taxon.id)).first()
+            taxon = session.scalars(select(Taxon).where(Taxon.scientific_name == label,
+                                                        Taxon.rank != NOT_A_TAXON).order_by(Taxon.id)).first()
         if taxon is None:
             continue
         lineage = taxa.lineage(taxon)

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     job_log_lines: int = Field(default=200, ge=10, le=10_000)
     # A species not in the base dataset joins the model once it has this many validated photos.
     retrain_min_new_class_photos: int = Field(default=10, ge=1)
+    # Folders a retrain request may read its base dataset and backbone weights from (comma-separated); a
+    # path that resolves (symbolic links and ``..`` followed) outside them is refused. Empty: data_dir/datasets.
+    retrain_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # Hardening (see service/ratelimit.py, service/security.py and docs/hardening.md).
     # Rate limits, per process (each uvicorn worker counts on its own): requests per window per client
@@ -156,6 +159,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("retrain_data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @model_validator(mode="after")

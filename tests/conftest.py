@@ -87,4 +87,4 @@ def models_dir(tmp_path: Path) -> Path:
 def settings(tmp_path: Path, database_url: str, models_dir: Path) -> Settings:
     """Settings for one test: its own data folder, database and models folder."""
     return Settings(data_dir=tmp_path / "data", database_url=database_url, models_dir=models_dir,
-                    max_wait_ms=2.0)
+                    max_wait_ms=2.0, retrain_data_roots=[tmp_path])

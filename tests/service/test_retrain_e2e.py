@@ -38,7 +38,8 @@ def e2e(tmp_path: Path, database_url: str) -> Iterator[Env]:
     models = tmp_path / "models"
     write_weak_model(models)
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, models_dir=models,
-                        max_wait_ms=2.0, model_poll_seconds=0.2, worker_heartbeat_seconds=0.5)
+                        max_wait_ms=2.0, model_poll_seconds=0.2, worker_heartbeat_seconds=0.5,
+                        retrain_data_roots=[tmp_path])
     yield from make_env(settings, PEOPLE)
 
 
