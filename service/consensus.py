@@ -12,9 +12,15 @@ For every taxon T named by an identification, or an ancestor of one:
 The community taxon is the finest T with ``agreements >= N`` and ``score > threshold`` (2/3). Only each
 person's current identification counts; an expert's counts with the specialist weight.
 
-Status: ``validated`` when there is a community taxon; else ``cannot_tell`` when ``cannot_tell`` and
-``not_an_insect`` identifications reach N and more than the threshold of all weight; else ``disputed``
-when identifications conflict; else ``needs_id``.
+Status: ``validated`` when there is a community taxon; else ``not_an_insect`` when the ``not_an_insect``
+identifications alone reach N and more than the threshold of all weight (the specialists' verdict "no insect
+in this photo": its photos become ``no_insect`` training data); else ``cannot_tell`` when ``cannot_tell`` and
+``not_an_insect`` identifications together reach N and more than the threshold of all weight; else
+``disputed`` when identifications conflict; else ``needs_id``.
+
+Lineages start at the tree's root, class Insecta (:mod:`service.taxa`), so identifications in different
+orders share it as a common ancestor: when N is met there, the community taxon is class Insecta ("an
+insect", depth 0), like any other ancestor. A ``not_an_insect`` identification disagrees with Insecta too.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Status(StrEnum):
     validated = "validated"
     disputed = "disputed"
     cannot_tell = "cannot_tell"
+    not_an_insect = "not_an_insect"
 
 
 TAXON_KINDS = frozenset({Kind.agree, Kind.propose})
@@ -149,6 +156,10 @@ def community_taxon(
         best = max(passing, key=lambda s: (s.depth, s.score, s.agreements))
         return Consensus(Status.validated, best.taxon, best.score, best.agreements, tuple(scores))
     total = sum(v.weight for v in votes)
+    no_insect = sum(v.weight for v in votes if v.kind == Kind.not_an_insect)
+    if total > 0 and no_insect + eps >= min_agreements and no_insect / total > threshold + eps:
+        # No taxon; the score and agreement weight are those of the verdict.
+        return Consensus(Status.not_an_insect, None, no_insect / total, no_insect, tuple(scores))
     non_id = sum(v.weight for v in votes if v.kind in (Kind.cannot_tell, Kind.not_an_insect))
     if total > 0 and non_id + eps >= min_agreements and non_id / total > threshold + eps:
         return Consensus(Status.cannot_tell, None, None, 0.0, tuple(scores))

@@ -3,9 +3,10 @@
 * ``dwca``: a zip with ``occurrence.txt`` (core), ``multimedia.txt`` (GBIF Simple Multimedia extension),
   ``meta.xml`` and ``eml.xml``; only validated observations under CC0, CC-BY or CC-BY-NC.
 * ``csv``: every observation, one row each.
-* ``training``: ``path,label,observation_id,observer``, one row per photo of each observation validated at
-  species rank or finer, labelled with the model label of its community taxon (else its scientific
-  name) — the format the training package reads.
+* ``training``: ``path,label,observation_id,observer,rank``, one row per photo of each observation validated
+  at any rank from order down, labelled with the model label of its community taxon (else its scientific
+  name), and of each observation the specialists found ``not_an_insect`` (label ``no_insect``, rank
+  ``none``) — the format the training package reads.
 
 Each writer streams rows to a temporary file next to ``out`` and renames it, so a reader never sees half
 an export.
@@ -26,15 +27,17 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from service.consensus import Status
 from service.errors import InvalidRequest
-from service.modelcard import RANKS
+from service.modelcard import NOT_A_TAXON, RANKS
 from service.observations import as_utc
 from service.settings import Settings
 from service.storage import media_file
 from service.tables import Identification, Observation, Taxon, TaxonLabel, User
+from service.taxonomy import NO_INSECT
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +113,13 @@ class _Taxa:
         self.by_id: dict[int, Taxon] = {}
 
     def get(self, taxon_id: int | None) -> Taxon | None:
+        """The taxon, or None; a row that is not a taxon (rank ``none``, left by an older sync of
+        ``no_insect``) is never exported as one."""
         if taxon_id is None:
             return None
         if taxon_id not in self.by_id:
             t = self.session.get(Taxon, taxon_id)
-            if t is None:
+            if t is None or t.rank == NOT_A_TAXON:
                 return None
             self.by_id[taxon_id] = t
         return self.by_id[taxon_id]
@@ -396,32 +401,74 @@ def write_csv(session: Session, settings: Settings, out: Path) -> ExportResult:
     return ExportResult("csv", out, n)
 
 
-TRAINING_COLUMNS: tuple[str, ...] = ("path", "label", "observation_id", "observer")
+TRAINING_COLUMNS: tuple[str, ...] = ("path", "label", "observation_id", "observer", "rank")
 SPECIES_INDEX = RANKS.index("species")
+NOT_AN_INSECT_STATUS = Status.not_an_insect.value
+# The coarsest rank a validated taxon may have to become a training label (class Insecta is "an insect").
+COARSEST_TRAINING_RANK = "order"
+
+
+def _training_label(taxon: Taxon, labels: dict[int, str], labelled_paths: list[str]) -> str | None:
+    """The training label of an observation validated at ``taxon``, or None when it has none.
+
+    * a taxon that is a model label's (at any rank: ``bombus`` genus, ``coleoptera`` order) gives that label;
+    * a species (or finer) without a label gives its scientific name (a new class);
+    * a genus, family or order without a label gives its scientific name only when no labelled taxon lies
+      below it (a new class at that rank, such as family Syrphidae); else the photo could be one of those
+      finer labels, and it is left out;
+    * class Insecta and coarser ranks, and rows that are not taxa, give none.
+    """
+    if taxon.id in labels:
+        return labels[taxon.id]
+    if taxon.rank not in RANKS or RANKS.index(taxon.rank) < RANKS.index(COARSEST_TRAINING_RANK):
+        return None
+    if RANKS.index(taxon.rank) >= SPECIES_INDEX:
+        return taxon.scientific_name
+    if any(p != taxon.path and p.startswith(taxon.path) for p in labelled_paths):
+        return None
+    return taxon.scientific_name
 
 
 def training_rows(
     session: Session, settings: Settings, *, since: datetime | None = None
 ) -> Iterator[dict[str, str]]:
-    """Rows of the training manifest: each photo of each observation validated at species rank or finer."""
+    """Rows of the training manifest, one per photo of each observation that gives a training label.
+
+    Validated observations give the label of their community taxon, at any rank (see
+    :func:`_training_label`); observations whose consensus is ``not_an_insect`` give the label ``no_insect``
+    (rank ``none``: a photo with no insect in it).
+    """
     taxa = _Taxa(session)
     labels: dict[int, str] = {}
     for row in session.execute(select(TaxonLabel.taxon_id, TaxonLabel.label).order_by(TaxonLabel.label)):
         labels.setdefault(row.taxon_id, row.label)
+    labelled_paths = [t.path for t in session.scalars(select(Taxon).where(Taxon.id.in_(list(labels))))]
     root = settings.media_path.resolve()
-    for obs in _validated(session, gbif_only=False):
-        if since is not None and (as_utc(obs.validated_at) or as_utc(obs.created_at)) < as_utc(since):  # type: ignore[operator]
+    stmt = select(Observation).where(
+        or_(
+            and_(Observation.status == "validated", Observation.community_taxon_id.is_not(None)),
+            Observation.status == NOT_AN_INSECT_STATUS,
+        )
+    )
+    for obs in session.scalars(stmt.order_by(Observation.id).execution_options(yield_per=500)):
+        if since is not None and (as_utc(obs.validated_at) or as_utc(obs.updated_at)
+                                  or as_utc(obs.created_at)) < as_utc(since):  # type: ignore[operator]
             continue
-        taxon = taxa.get(obs.community_taxon_id)
-        if taxon is None or taxon.rank not in RANKS or RANKS.index(taxon.rank) < SPECIES_INDEX:
-            continue
-        label = labels.get(taxon.id, taxon.scientific_name)
+        if obs.status == NOT_AN_INSECT_STATUS:
+            label, rank = NO_INSECT, NOT_A_TAXON
+        else:
+            taxon = taxa.get(obs.community_taxon_id)
+            found = _training_label(taxon, labels, labelled_paths) if taxon is not None else None
+            if taxon is None or found is None:
+                continue
+            label, rank = found, taxon.rank
         for photo in obs.photos:
             yield {
                 "path": str(media_file(root, photo.sha256)),
                 "label": label,
                 "observation_id": str(obs.id),
                 "observer": str(obs.observer_id),
+                "rank": rank,
             }
 
 

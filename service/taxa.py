@@ -3,6 +3,12 @@
 Each taxon keeps ``path`` = the ids from the root down to itself (``/3/7/12/``), so "this taxon and its
 descendants" is one indexed prefix query on both SQLite and PostgreSQL. Model labels map to taxa through
 ``taxon_labels``.
+
+The tree is rooted at class Insecta (:data:`~service.modelcard.ROOT_NAME`): every taxon label gets it as an
+ancestor unless its taxonomy names another class. A label at genus, family or order rank maps to that taxon's
+row itself (``bombus`` → genus *Bombus*; ``coleoptera`` → order Coleoptera, with family Coccinellidae below
+it when ``coccinellidae`` is a label too). A label that is not a taxon (rank ``none``: ``no_insect``) gets
+no taxon and no ``taxon_labels`` row.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.errors import InvalidRequest, NotFound
-from service.modelcard import RANKS, LabelTaxon, ModelCard
+from service.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 from service.tables import Taxon, TaxonLabel
 from service.taxonomy import read_taxonomy_csv
 
@@ -24,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 # An arbitrary constant: PostgreSQL advisory lock serialising concurrent taxa syncs.
 TAXA_LOCK_KEY = 0x7461786100000001
+
+
+ROOT_COMMON_NAME = "Insect"
 
 
 class UnknownTaxon(InvalidRequest):
@@ -43,24 +52,52 @@ def _lock(session: Session) -> None:
 
 
 def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None]]:
-    """``[(rank, scientific_name, common_name)]`` from the coarsest known ancestor down to the label."""
+    """``[(rank, scientific_name, common_name)]`` from the root (class Insecta, or the coarsest ancestor the
+    taxonomy names) down to the label's own taxon; empty for a label that is not a taxon (``no_insect``).
+
+    A label above species is its taxon: ``bombus`` (rank genus) gives ``[class Insecta, order Hymenoptera,
+    family Apidae, genus Bombus]``; its name is the scientific name, else the taxonomy's entry at its own
+    rank, else the label.
+    """
+    if not info.is_taxon or info.rank == NOT_A_TAXON:
+        return []
     values = info.model_dump()
     leaf_rank = info.rank or "species"
     leaf_index = RANKS.index(leaf_rank) if leaf_rank in RANKS else len(RANKS)
+    root_index = RANKS.index(ROOT_RANK)
+    if leaf_index > root_index and not (isinstance(values.get(ROOT_RANK), str) and values[ROOT_RANK].strip()):
+        values[ROOT_RANK] = ROOT_NAME
     chain: list[tuple[str, str, str | None]] = []
     for rank in RANKS[:leaf_index]:
         name = values.get(rank)
         if isinstance(name, str) and name.strip():
-            chain.append((rank, name.strip(), None))
-    chain.append((leaf_rank, (info.scientific_name or label).strip(), info.common_name))
+            common = ROOT_COMMON_NAME if (rank, name.strip()) == (ROOT_RANK, ROOT_NAME) else None
+            chain.append((rank, name.strip(), common))
+    own = values.get(leaf_rank) if leaf_rank != "species" else None
+    name = info.scientific_name or (own if isinstance(own, str) and own.strip() else None) or label
+    chain.append((leaf_rank, name.strip(), info.common_name))
     return chain
+
+
+def _below(taxon_id: int | None, ancestor_id: int, by_id: Mapping[int, Taxon]) -> bool:
+    """Whether ``taxon_id`` lies strictly below ``ancestor_id`` (following the parent links)."""
+    seen: set[int] = set()
+    cur = taxon_id
+    while cur is not None and cur not in seen:
+        if cur == ancestor_id:
+            return True
+        seen.add(cur)
+        node = by_id.get(cur)
+        cur = node.parent_id if node is not None else None
+    return False
 
 
 def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult:
     """Insert or update the taxa of ``{label: LabelTaxon}`` with all their ancestors.
 
-    Existing taxa keep their id; a newer, non-empty common name or parent replaces the old one. The
-    caller commits. Safe against a concurrent sync (advisory lock on PostgreSQL; SQLite transactions
+    Existing taxa keep their id; a newer, non-empty common name or parent replaces the old one, except a
+    parent that is already an ancestor of the current one (a less detailed lineage, such as a species row
+    giving only its genus, never lifts the genus out of its family). The caller commits. Safe against a concurrent sync (advisory lock on PostgreSQL; SQLite transactions
     are already serialised).
     """
     _lock(session)
@@ -68,11 +105,23 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
     existing: dict[tuple[str, str], Taxon] = {
         (t.rank, t.scientific_name): t for t in session.scalars(select(Taxon))
     }
+    by_id: dict[int, Taxon] = {t.id: t for t in existing.values()}
     labels: dict[str, TaxonLabel] = {row.label: row for row in session.scalars(select(TaxonLabel))}
     changed = False
     for label, info in entries.items():
+        lineage = _lineage_of(label, info)
+        if not lineage:
+            # Not a taxon (``no_insect``): no taxon row, and no label mapping (an older sync may have made one).
+            stale = labels.pop(label, None)
+            if stale is not None:
+                session.delete(stale)
+                result.labels += 1
+            continue
         parent: Taxon | None = None
-        for rank, name, common in _lineage_of(label, info):
+        for depth, (rank, name, common) in enumerate(lineage):
+            # Class Insecta and coarser are shared by every group: they take no label's group.
+            coarse = rank in RANKS and RANKS.index(rank) <= RANKS.index(ROOT_RANK)
+            group = info.group if depth == len(lineage) - 1 or not coarse else None
             node = existing.get((rank, name))
             if node is None:
                 node = Taxon(
@@ -81,23 +130,26 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
                     common_name=common,
                     path="",
                     parent_id=parent.id if parent else None,
-                    group=info.group,
+                    group=group,
                 )
                 session.add(node)
                 session.flush()
                 existing[(rank, name)] = node
+                by_id[node.id] = node
                 result.created += 1
                 changed = True
             else:
                 if common and node.common_name != common:
                     node.common_name = common
                     result.updated += 1
-                if parent is not None and node.parent_id != parent.id:
+                if parent is not None and node.parent_id != parent.id and not _below(
+                    node.parent_id, parent.id, by_id
+                ):
                     node.parent_id = parent.id
                     result.updated += 1
                     changed = True
-                if info.group and not node.group:
-                    node.group = info.group
+                if group and not node.group:
+                    node.group = group
             parent = node
         assert parent is not None
         row = labels.get(label)

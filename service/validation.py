@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.auth import Role
-from service.consensus import Consensus, Kind, Vote, community_taxon
+from service.consensus import Consensus, Kind, Status, Vote, community_taxon
 from service.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from service.observations import as_utc, get_observation_for
 from service.settings import Settings
@@ -64,7 +64,9 @@ def recompute_consensus(session: Session, obs: Observation, settings: Settings) 
     obs.consensus_score = result.score
     obs.agreement_weight = result.agreements
     obs.identification_count = len(ids)
-    obs.taxon_id = result.taxon if result.taxon is not None else obs.predicted_taxon_id
+    # The best current taxon; none once the specialists found no insect in the photos.
+    obs.taxon_id = (result.taxon if result.taxon is not None
+                    else None if result.status == Status.not_an_insect else obs.predicted_taxon_id)
     if obs.status == "validated" and not was_validated:
         obs.validated_at = utcnow()
     elif obs.status != "validated":

@@ -3,8 +3,11 @@
 The service's worker (:mod:`service.worker`) prepares ``spec.json`` (see :func:`service.retrain.prepare`)
 and runs this module in a child process, so the service itself never imports PyTorch. Here:
 
-1. merge the base dataset with the validated observations' photos into one manifest. A species the base
-   dataset lacks joins only with ``min_new_class_photos`` validated photos; the others are listed. The
+1. merge the base dataset with the validated observations' photos into one manifest. Labels may sit at
+   any rank (a species, ``bombus`` at genus, ``vespidae`` at family, ``coleoptera`` at order) or be
+   ``no_insect`` (photos the specialists found no insect in); their taxonomy, ``rank`` column included, goes
+   into the merged taxonomy CSV. A class the base dataset lacks joins only with ``min_new_class_photos``
+   validated photos; the others are listed. The
    validated observations are split by observer (and observation) with the training package's group-aware
    split: a held-out slice joins the base validation split to form the gate's evaluation set;
 2. train, calibrate, export and evaluate with :func:`training.job.run_training`;
@@ -133,7 +136,9 @@ def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
                              split])
     classes = sorted(set(base_classes) | set(new_classes))
     tax_file = work / "taxonomy.csv"
-    columns = ["label", "scientific_name", "common_name", "rank", "genus", "family", "order"]
+    # ``rank`` keeps labels at any rank (``bombus`` genus, ``coleoptera`` order) and ``no_insect`` (rank none)
+    # what they are; a label without a row would be read as a species named by its label.
+    columns = ["label", "scientific_name", "common_name", "rank", "genus", "family", "order", "group"]
     with tax_file.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

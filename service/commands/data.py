@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i_sub = imp.add_subparsers(dest="import_command", metavar="WHAT")
     i_sub.required = True
     p = i_sub.add_parser(
-        "taxonomy", help="load taxa from a CSV (label,scientific_name,common_name,genus,...)"
+        "taxonomy", help="load taxa from a CSV (label,scientific_name,common_name[,rank],genus,family,order)"
     )
     p.add_argument("file", type=Path)
     p.set_defaults(func=import_taxonomy)
@@ -196,6 +197,9 @@ def users_revoke(args: argparse.Namespace) -> int:
 
 
 def import_taxonomy(args: argparse.Namespace) -> int:
+    """Load a taxonomy CSV; its optional ``rank`` column places each label (species when missing; ``none``
+    for a label that is not a taxon, such as ``no_insect``). A bad file or rank exits 2 with the line."""
+    from service.errors import PollinidError
     from service.taxa import import_taxonomy_csv
 
     if not args.file.is_file():
@@ -205,8 +209,10 @@ def import_taxonomy(args: argparse.Namespace) -> int:
         with factory() as session:
             try:
                 result = import_taxonomy_csv(session, args.file)
-            except ValueError as exc:
+            except (ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
                 return _fail(str(exc))
+            except PollinidError as exc:
+                return _fail(exc.message)
             session.commit()
         print(f"taxa: {result.created} created, {result.updated} updated, {result.labels} labels mapped")
     finally:

@@ -88,10 +88,11 @@ def test_csv_and_training_manifest_from_the_cli(
     assert sorted(int(r["id"]) for r in rows) == sorted(ids.values())
     assert {r["status"] for r in rows} == {"validated", "needs_id"}
     train = list(csv.DictReader((tmp_path / "train.csv").open()))
-    assert list(train[0]) == ["path", "label", "observation_id", "observer"]
-    # Only the species-level validated observation: genus-level records carry no species label.
-    assert [(r["label"], r["observation_id"], r["observer"]) for r in train] == [
-        ("red_admiral", str(ids["species"]), str(env.ids["vol"]))
+    assert list(train[0]) == ["path", "label", "observation_id", "observer", "rank"]
+    # Only the species-level validated observation: the genus Callophrys has a species label below it, so a
+    # record validated at the genus could be that species and is left out.
+    assert [(r["label"], r["observation_id"], r["observer"], r["rank"]) for r in train] == [
+        ("red_admiral", str(ids["species"]), str(env.ids["vol"]), "species")
     ] * 2
     assert all(Path(r["path"]).is_file() for r in train)
     assert zipfile.is_zipfile(tmp_path / "dwca.zip")
@@ -103,4 +104,4 @@ def test_export_route_is_admin_only_and_checks_kind(env: Env) -> None:  # noqa: 
     r = env.client.get("/api/v1/admin/exports/xml", headers=env.h("admin"))
     assert r.status_code == 422
     r = env.client.get("/api/v1/admin/exports/training", headers=env.h("admin"))
-    assert r.status_code == 200 and r.text.splitlines() == ["path,label,observation_id,observer"]
+    assert r.status_code == 200 and r.text.splitlines() == ["path,label,observation_id,observer,rank"]

@@ -27,12 +27,13 @@ def test_taxa_from_the_model_card_at_start(env: Env) -> None:  # noqa: F811
     sp = r.json()["data"][1]
     detail = env.client.get(f"/api/v1/taxa/{sp['id']}").json()
     assert [(a["rank"], a["scientific_name"]) for a in detail["ancestors"]] == [
+        ("class", "Insecta"),
         ("order", "Lepidoptera"),
         ("family", "Nymphalidae"),
         ("genus", "Vanessa"),
     ]
     assert detail["labels"] == ["red_admiral"] and detail["common_name"] == "Red admiral"
-    fam = env.client.get(f"/api/v1/taxa/{detail['ancestors'][1]['id']}").json()
+    fam = env.client.get(f"/api/v1/taxa/{detail['ancestors'][2]['id']}").json()
     assert [c["scientific_name"] for c in fam["children"]] == ["Vanessa"]
 
 
@@ -86,7 +87,7 @@ def test_import_taxonomy_cli(env: Env, tmp_path, monkeypatch: pytest.MonkeyPatch
     assert [b["rank"] for b in bees] == ["family"]
     bumble = env.client.get("/api/v1/taxa", params={"q": "buff"}).json()["data"][0]
     detail = env.client.get(f"/api/v1/taxa/{bumble['id']}").json()
-    assert [a["scientific_name"] for a in detail["ancestors"]] == ["Hymenoptera", "Apidae", "Bombus"]
+    assert [a["scientific_name"] for a in detail["ancestors"]] == ["Insecta", "Hymenoptera", "Apidae", "Bombus"]
     with env.session() as s:
         # The label from the CSV maps to the same species taxon the card created.
         ra = s.get(TaxonLabel, "red_admiral")
