@@ -475,7 +475,7 @@ def training_rows(
 def write_training_manifest(
     session: Session, settings: Settings, out: Path, *, since: datetime | None = None
 ) -> ExportResult:
-    """Write ``path,label,observation_id,observer`` for the validated photos."""
+    """Write ``path,label,observation_id,observer,rank`` for the photos that give a training label."""
     fd, tmp = _atomic_target(out)
     n = 0
     observations: set[str] = set()

@@ -33,7 +33,7 @@ from service.taxa import labels_to_taxa, resolve_taxon, subtree_condition
 logger = logging.getLogger(__name__)
 
 LICENCES: tuple[str, ...] = ("CC0", "CC-BY", "CC-BY-NC")
-STATUSES: tuple[str, ...] = ("needs_id", "validated", "disputed", "cannot_tell")
+STATUSES: tuple[str, ...] = ("needs_id", "validated", "disputed", "cannot_tell", "not_an_insect")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{7,127}$")
 FUTURE_TOLERANCE = timedelta(minutes=10)
 EARLIEST = datetime(1800, 1, 1, tzinfo=UTC)  # museum and herbarium records; nothing older is plausible

@@ -31,7 +31,7 @@ def iso_8601(value: Any) -> Any:
 
 IsoDateTime = Annotated[datetime, BeforeValidator(iso_8601)]
 Licence = Literal["CC0", "CC-BY", "CC-BY-NC"]
-ObservationStatus = Literal["needs_id", "validated", "disputed", "cannot_tell"]
+ObservationStatus = Literal["needs_id", "validated", "disputed", "cannot_tell", "not_an_insect"]
 
 
 class PhotoPublic(BaseModel):
