@@ -78,14 +78,6 @@ export function showError(target, error) {
 
 export function percent(score) { return `${Math.round(score * 100)}%`; }
 
-/** "Probably genus Polyommatus" style wording for a roll-up. */
-export function rollupText(rollup) {
-  if (!rollup) return "Not sure: even the order is uncertain.";
-  const name = rollup.taxon && (rollup.taxon.scientific_name || rollup.taxon.name || rollup.taxon.label);
-  if (rollup.rank === "species") return `Likely ${name} (${percent(rollup.score)})`;
-  return `Probably ${rollup.rank} ${name} (${percent(rollup.score)})`;
-}
-
 /** Wire the sign-in form shared by every page. */
 export function setupSignIn(form, status, onChange) {
   const input = form.querySelector("input");

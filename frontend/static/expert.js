@@ -1,5 +1,6 @@
 // pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
-import { api, authedImageUrl, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
+import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
+import { answerKind, renderAnswer, taxonNameNodes } from "./answer.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
@@ -73,15 +74,39 @@ function renderItem(obs) {
   ];
   $("meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   const result = obs.prediction && obs.prediction.result;
+  renderModelAnswer(result);
   const suggestions = (result && result.results) || [];
   $("suggestions").replaceChildren(...suggestions.map((s) => el("li", {},
-    el("button", { type: "button", class: "secondary", onclick: () => chooseTaxon(s.taxon.label, taxonName(s.taxon)) },
-      `${taxonName(s.taxon)} — ${percent(s.score)}`))));
+    s.taxon.rank === "none"
+      // "No insect" is not a taxon to propose; the candidate is listed with its score only.
+      ? el("span", {}, ...taxonNameNodes(s.taxon), ` — ${percent(s.score)}`)
+      : el("button", { type: "button", class: "secondary", onclick: () => chooseTaxon(s.taxon.label, taxonName(s.taxon)) },
+        ...taxonNameNodes(s.taxon), s.taxon.common_name ? ` (${s.taxon.common_name})` : "", ` — ${percent(s.score)}`))));
   if (!suggestions.length) $("suggestions").replaceChildren(el("li", { class: "muted" }, "No model suggestion stored."));
-  $("model-rollup").textContent = result ? rollupText(result.rollup) : "";
   $("comment").value = "";
   $("taxon").value = "";
   loadHistory();
+}
+
+// The model's committed answer (the prediction's roll-up) and the rank it commits at.
+function renderModelAnswer(result) {
+  const meta = $("model-answer-meta");
+  if (!result) {
+    $("model-rollup").replaceChildren("No model answer stored.");
+    $("model-rollup").dataset.kind = "";
+    meta.replaceChildren();
+    return;
+  }
+  const rollup = result.rollup || null;
+  const kind = answerKind(rollup);
+  renderAnswer($("model-rollup"), rollup);
+  const rank = kind === "none" ? "none (the model commits to nothing)"
+    : kind === "no_insect" ? "none (no insect)" : (rollup.rank || (rollup.taxon && rollup.taxon.rank) || "—");
+  const rows = [["Rank", rank]];
+  if (rollup && typeof rollup.score === "number") rows.push(["Score", percent(rollup.score)]);
+  if (result.out_of_distribution) rows.push(["Photos", "unlike every taxon the model knows"]);
+  meta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k.toLowerCase() }, v)]));
+  $("model-answer").classList.toggle("warn", kind !== "taxon" || rollup.rank !== "species");
 }
 
 async function loadHistory() {

@@ -1,5 +1,6 @@
 // pollinid — volunteer page: photos → suggestions → observation.
-import { api, el, getKey, percent, rollupText, setupSignIn, showError } from "./api.js";
+import { api, el, getKey, percent, setupSignIn, showError } from "./api.js";
+import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
 import { preparePhotos } from "./photos.js";
 
 const MAX_PHOTOS = 5;
@@ -10,7 +11,10 @@ const $ = (id) => document.getElementById(id);
 const state = { files: [], prepared: null, result: null, picked: null };
 
 function taxonPath(taxon) {
-  return [taxon.order, taxon.family, taxon.genus].filter(Boolean).join(" › ");
+  if (taxon.rank === "none") return "";
+  // The taxon's ancestors only (a genus-rank label's own genus is its name, not its path).
+  const own = taxon.scientific_name;
+  return [taxon.order, taxon.family, taxon.genus].filter((n) => n && n !== own).join(" › ");
 }
 
 function renderPreviews() {
@@ -27,12 +31,20 @@ function renderPreviews() {
   $("identify").disabled = state.files.length === 0;
 }
 
+function renderAnswerBox(rollup) {
+  // The committed answer, in plain words, above the candidates: the one thing the service claims.
+  const kind = answerKind(rollup);
+  renderAnswer($("rollup"), rollup);
+  $("answer-detail").textContent = answerDetail(rollup);
+  const box = $("answer");
+  box.dataset.kind = kind;
+  box.classList.toggle("warn", kind !== "taxon" || rollup.rank !== "species");
+}
+
 function renderResults(result) {
   $("results-panel").classList.remove("hidden");
   $("details-panel").classList.remove("hidden");
-  const rollup = $("rollup");
-  rollup.textContent = rollupText(result.rollup);
-  rollup.classList.toggle("warn", !result.rollup || result.rollup.rank !== "species");
+  renderAnswerBox(result.rollup);
   const cards = $("cards");
   cards.replaceChildren();
   const thumb = state.files[0] ? URL.createObjectURL(state.files[0]) : null;
@@ -41,14 +53,15 @@ function renderResults(result) {
     const id = `pick-${index}`;
     const radio = el("input", { type: "radio", name: "pick", id, value: t.label,
       onchange: () => { state.picked = t; markSelected(); } });
+    const common = t.rank !== "none" && t.common_name ? t.common_name : null;
     cards.append(el("label", { class: "card", for: id, "data-label": t.label },
       thumb ? el("img", { src: thumb, alt: "" }) : el("span"),
       el("div", {},
-        el("div", { class: "row" }, radio, el("span", { class: "sci" }, t.scientific_name || t.label)),
-        t.common_name ? el("div", {}, t.common_name) : null,
-        el("div", { class: "bar", role: "img", "aria-label": `confidence ${percent(item.score)}` },
+        el("div", { class: "row" }, radio, el("span", { class: "name" }, `${index + 1}. `, ...taxonNameNodes(t))),
+        common ? el("div", {}, common) : null,
+        el("div", { class: "bar", role: "img", "aria-label": `score ${percent(item.score)}` },
           el("span", { style: `width:${Math.max(2, Math.round(item.score * 100))}%` })),
-        el("div", { class: "muted" }, `${percent(item.score)} confidence`),
+        el("div", { class: "muted" }, `score ${percent(item.score)}`),
         el("div", { class: "path" }, taxonPath(t)))));
   });
   $("pick-unknown").onchange = () => { state.picked = null; markSelected(); };
@@ -161,9 +174,9 @@ async function submitObservation(event) {
     const created = await api("/api/v1/observations", {
       method: "POST", form, headers: { "Idempotency-Key": crypto.randomUUID() } });
     if (state.picked) {
-      // The volunteer's own pick is their identification of the observation.
-      await api(`/api/v1/observations/${created.id}/identifications`, {
-        method: "POST", json: { kind: "propose", taxon: state.picked.label } });
+      // The volunteer's own pick is their identification of the observation ("no insect" is not a taxon).
+      const json = state.picked.rank === "none" ? { kind: "not_an_insect" } : { kind: "propose", taxon: state.picked.label };
+      await api(`/api/v1/observations/${created.id}/identifications`, { method: "POST", json });
     }
     $("submit-status").textContent = "";
     $("saved").textContent = `Saved as observation ${created.id}. Thank you! Photograph the next insect.`;
@@ -182,6 +195,14 @@ async function submitObservation(event) {
   }
 }
 
+/** The community's taxon, else the model's committed answer in words, else its top candidate. */
+function mineTaxon(o) {
+  if (o.community_taxon) return o.community_taxon.scientific_name;
+  const result = o.prediction && o.prediction.result;
+  if (result && "rollup" in result) return `${answerText(result.rollup)} (model)`;
+  return o.taxon ? `${o.taxon.scientific_name} (model)` : "—";
+}
+
 async function loadMine() {
   $("mine-error").classList.add("hidden");
   const body = $("mine");
@@ -194,7 +215,7 @@ async function loadMine() {
     body.replaceChildren(...page.data.map((o) => el("tr", {},
       el("td", {}, o.observed_at ? new Date(o.observed_at).toLocaleString() : "—"),
       el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replace("_", " "))),
-      el("td", {}, o.community_taxon ? o.community_taxon.scientific_name : (o.taxon ? `${o.taxon.scientific_name} (model)` : "—")),
+      el("td", {}, mineTaxon(o)),
       el("td", {}, o.session_id ? o.session_id.slice(0, 8) : "—"))));
     if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No observations yet.")));
   } catch (error) {
