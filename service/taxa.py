@@ -218,7 +218,7 @@ def rebuild_paths(session: Session) -> None:
 
 def get_taxon(session: Session, taxon_id: int) -> Taxon:
     taxon = session.get(Taxon, taxon_id)
-    if taxon is None:
+    if taxon is None or taxon.rank == NOT_A_TAXON:  # a row an older sync made of ``no_insect``
         raise NotFound(f"taxon {taxon_id} not found")
     return taxon
 
@@ -231,7 +231,7 @@ def resolve_taxon(session: Session, ref: int | str) -> Taxon:
     """
     if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
         taxon = session.get(Taxon, int(ref))
-        if taxon is None:
+        if taxon is None or taxon.rank == NOT_A_TAXON:
             raise UnknownTaxon(f"unknown taxon id {ref}; search taxa with GET /api/v1/taxa?q=")
         return taxon
     name = ref.strip()
@@ -239,12 +239,15 @@ def resolve_taxon(session: Session, ref: int | str) -> Taxon:
         raise UnknownTaxon("empty taxon name")
     by_label = session.scalar(select(TaxonLabel).where(TaxonLabel.label == name))
     if by_label is not None:
-        return get_taxon(session, by_label.taxon_id)
+        labelled = session.get(Taxon, by_label.taxon_id)
+        if labelled is not None and labelled.rank != NOT_A_TAXON:
+            return labelled
     folded = name.casefold()
     matches = list(
         session.scalars(
             select(Taxon).where(
-                or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded)
+                or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded),
+                Taxon.rank != NOT_A_TAXON,
             )
         )
     )
@@ -259,8 +262,10 @@ def resolve_taxon(session: Session, ref: int | str) -> Taxon:
 
 
 def taxon_for_label(session: Session, label: str) -> Taxon | None:
+    """The taxon of a model label; None for a label that is not a taxon (``no_insect``) or is unknown."""
     row = session.scalar(select(TaxonLabel).where(TaxonLabel.label == label))
-    return session.get(Taxon, row.taxon_id) if row is not None else None
+    taxon = session.get(Taxon, row.taxon_id) if row is not None else None
+    return taxon if taxon is not None and taxon.rank != NOT_A_TAXON else None
 
 
 def labels_to_taxa(session: Session, labels: Iterable[str]) -> dict[str, int]:
@@ -313,7 +318,7 @@ def search_taxa(
     session: Session, q: str | None, *, rank: str | None = None, limit: int = 20, offset: int = 0
 ) -> tuple[list[Taxon], int]:
     """Taxa whose scientific or common name, or a word of it, starts with ``q`` (case-insensitive)."""
-    conditions: list[ColumnElement[bool]] = []
+    conditions: list[ColumnElement[bool]] = [Taxon.rank != NOT_A_TAXON]
     if q:
         p = _escape_like(q.strip().casefold())
         name_conds = []
