@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from service.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 
 ANCESTOR_RANKS: tuple[str, ...] = ("order", "family", "genus")
@@ -200,8 +202,9 @@ def read_taxonomy_csv(path: Path) -> dict[str, LabelTaxon]:
             clean = {k: (v.strip() or None) if isinstance(v, str) else None for k, v in row.items() if k}
             try:
                 out[label] = LabelTaxon(**clean)  # type: ignore[arg-type]
-            except ValueError as exc:
-                raise ValueError(f"{path}:{line}: label {label!r}: {exc}") from None
+            except ValidationError as exc:
+                why = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(f"{path}:{line}: label {label!r}: {why}") from None
     return out
 
 

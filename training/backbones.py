@@ -441,3 +441,15 @@ def _timm(
         _load_trunk(net, weights)
     stages: list[nn.Module] = [_TimmFeatures(net), _head(net.num_features, num_classes, dropout)]
     return StagedNet(stages, pool_index=0, architecture=f"timm:{arch}")
+
+
+class Suffix(nn.Module):
+    """The trainable end of a :class:`StagedNet` (stages ``start:``), fed from cached activations."""
+
+    def __init__(self, model: StagedNet, start: int) -> None:
+        super().__init__()
+        self.model = model
+        self.start = start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from(x, self.start)

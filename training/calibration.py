@@ -7,7 +7,7 @@ Both are fitted on held-out photos (never the training photos) and stored in the
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,8 +79,13 @@ def calibrate(
     }
 
 
-def card_calibration(fit: dict[str, float]) -> Calibration:
-    """The model card's calibration block from what :func:`calibrate` returned."""
+def card_calibration(
+    fit: dict[str, float],
+    *,
+    answer_thresholds: dict[str, float] | None = None,
+    answer_fit: dict[str, Any] | None = None,
+) -> Calibration:
+    """The model card's calibration block from what :func:`calibrate` returned (and the answer thresholds)."""
     from service.modelcard import Calibration
 
     return Calibration(
@@ -88,4 +93,6 @@ def card_calibration(fit: dict[str, float]) -> Calibration:
         ood_energy_threshold=fit["ood_energy_threshold"],
         ece_before=fit["ece_before"],
         ece_after=fit["ece_after"],
+        answer_thresholds=answer_thresholds,
+        answer_fit=answer_fit,
     )

@@ -1,4 +1,4 @@
-"""``pollinid train | evaluate | export | ensemble | predict``.
+"""``pollinid train | evaluate | export | ensemble | predict | fit-answers``.
 
 This module must import without PyTorch: ``pollinid serve`` builds the whole parser. Torch and the
 training modules are imported inside the command functions only.
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_export(subparsers)
     _register_ensemble(subparsers)
     _register_predict(subparsers)
+    _register_fit_answers(subparsers)
 
 
 # -- train --------------------------------------------------------------------------------------------
@@ -104,6 +105,21 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--holdout", type=float, help="share of training photos held out (group-aware)")
     p.add_argument("--calibrate-on", choices=["holdout", "valid"])
     p.add_argument("--ood-percentile", type=float, help="percentile of held-out energy for the OOD gate")
+    p.add_argument(
+        "--no-fit-answers",
+        dest="fit_answers",
+        action="store_false",
+        default=None,
+        help="keep the default committed-answer threshold instead of fitting per-rank ones on held-out classes",
+    )
+    p.add_argument("--answer-epochs", type=int, help="epochs of the leave-classes-out model (default epochs/2)")
+    p.add_argument("--answer-heldout-share", type=float, help="share of labels held out of it (default 0.2)")
+    p.add_argument("--answer-precision", type=float, help="precision each answer rank must reach (default 0.98)")
+    p.add_argument(
+        "--answer-max-heldout-species",
+        type=float,
+        help="share of held-out-class photos that may be named as a species (default 0.04)",
+    )
     p.add_argument("--input-size", type=int)
     p.add_argument("--resize", type=int)
     p.add_argument("--resize-mode", choices=["shorter", "longer_pad", "stretch"])
@@ -435,3 +451,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predict_photos(Path(args.model), [Path(p) for p in args.photos], args.top_k, args.threshold)
     print(json.dumps(results, indent=2))
     return 1 if all("error" in r for r in results) else 0
+
+
+# -- fit-answers --------------------------------------------------------------------------------------
+
+
+def _register_fit_answers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "fit-answers",
+        help="fit a trained model's committed-answer thresholds on held-out classes (needs PyTorch)",
+        description="Train the leave-classes-out model of a finished run (on its feature caches) and write the "
+        "fitted per-rank thresholds into the run's exported model (model.json and the ONNX metadata). "
+        "`pollinid train` does this itself; this command is for runs trained without it.",
+    )
+    p.add_argument("--run", required=True, help="the run folder (holds config.json)")
+    p.add_argument("--model", required=True, help="the run's exported model folder to update")
+    p.add_argument("--epochs", type=int, help="epochs of the leave-classes-out model (default: the run's)")
+    p.set_defaults(func=cmd_fit_answers)
+
+
+def cmd_fit_answers(args: argparse.Namespace) -> int:
+    """Fit and store the answer thresholds; print them with the fit's report."""
+    from training.pipeline import fit_answers_for_run
+
+    run, model = Path(args.run), Path(args.model)
+    for path, what in ((run / "config.json", "run folder"), (model / "model.json", "model folder")):
+        if not path.is_file():
+            print(f"error: {path.parent} is not a {what} (no {path.name})", file=sys.stderr)
+            return 2
+    answers = fit_answers_for_run(run, model, epochs=args.epochs)
+    print(json.dumps({"thresholds": answers["thresholds"], "fit": answers["fit"]}, indent=2, default=str))
+    return 0

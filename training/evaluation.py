@@ -21,6 +21,7 @@ from service.classifier import Classifier, RuntimeOptions, load_classifier
 from service.imaging import decode_image
 from service.modelcard import ONNX_FILENAME, InputSpec, ModelCard
 from service.preprocess import decode_min_side, preprocess
+from training.answers import evaluate_answers
 from training.data import Sample
 from training.metrics import compute_metrics
 
@@ -114,7 +115,8 @@ def evaluate_model_dir(
         progress: show a progress bar.
 
     Returns:
-        ``{"metrics", "timing", "logits", "targets", "skipped", "tta"?}``.
+        ``{"metrics", "answers", "timing", "logits", "targets", "skipped", "field"?, "tta"?}``; ``answers`` is
+        :func:`training.answers.evaluate_answers` (the committed answers' honesty).
     """
     from tqdm import tqdm
 
@@ -164,6 +166,7 @@ def evaluate_model_dir(
             "images_per_second": len(y) / max(seconds, 1e-9),
         },
     }
+    result["answers"] = evaluate_answers(card, logits, y)
     if field:
         rng = np.random.default_rng(0)
         composites = [field_composite(im, rng) for im in images]
@@ -175,6 +178,7 @@ def evaluate_model_dir(
         result["field"] = {
             "metrics": compute_metrics(field_logits, y, card.labels, card.taxonomy, temperature=t),
             "description": FIELD_DESCRIPTION,
+            "answers": evaluate_answers(card, field_logits, y),
         }
     if tta:
         t1 = time.perf_counter()

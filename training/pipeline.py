@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import InputSpec, ModelCard
+from service.modelcard import ONNX_FILENAME, InputSpec, ModelCard
 from service.preprocess import decode_min_side
 from training import backbones
 from training.calibration import calibrate, card_calibration, fit_temperature
@@ -46,6 +46,7 @@ from training.engine import (
     build_optimizer,
     cleanup_distributed,
     evaluate,
+    select_device,
     setup_distributed,
     train_one_epoch,
     warmup_cosine,
@@ -117,6 +118,11 @@ class TrainConfig:
     export_int8: bool = False
     mirror_tta: bool = False
     tta: bool = False
+    fit_answers: bool = True
+    answer_epochs: int | None = None
+    answer_heldout_share: float = 0.2
+    answer_precision: float = 0.98
+    answer_max_heldout_species: float = 0.04
     progress: bool = True
 
     @property
@@ -162,18 +168,6 @@ def input_spec_for(config: TrainConfig) -> InputSpec:
         mean=tuple(config.mean) if config.mean else mean,
         std=tuple(config.std) if config.std else std,
     )
-
-
-class _Suffix(nn.Module):
-    """The trainable end of a :class:`~training.backbones.StagedNet`, fed from cached activations."""
-
-    def __init__(self, model: backbones.StagedNet, start: int) -> None:
-        super().__init__()
-        self.model = model
-        self.start = start
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_from(x, self.start)
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -325,33 +319,22 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         # Rank 0 builds the caches; the other processes wait, then reuse them (same keys).
         if dist.distributed and not main:
             torch.distributed.barrier()
-        for key, samples, tf, views in (
-            ("train", train_samples, train_tf, config.views),
-            ("held", held, eval_tf, 1),
-            ("eval", eval_samples, eval_tf, 1),
-            ("calib", calib_samples, eval_tf, 1),
-        ):
-            min_side = eval_min_side if isinstance(tf, EvalTransform) else None
-            caches[key] = cache_features(
-                model,
-                start,
-                PhotoDataset(samples, ci, tf, min_side=min_side),
-                views=views,
-                cache_dir=cache_dir,
-                batch_size=64,
-                num_workers=config.workers,
-                device=device,
-                seed=config.seed,
-                threads=config.threads,
-                progress=progress,
-                progress_callback=cb,
-                clean_transform=eval_tf if (key == "train" and config.clean_view) else None,
-            )
+        caches = build_caches(
+            config,
+            model,
+            start,
+            {"train": train_samples, "held": held, "eval": eval_samples, "calib": calib_samples},
+            ci,
+            cache_dir,
+            device,
+            progress=progress,
+            progress_callback=cb,
+        )
         if dist.distributed and main:
             torch.distributed.barrier()
         timings["cache_seconds"] = time.perf_counter() - t0
         timings["cache_images_per_second"] = caches["train"].images_per_second
-        net: nn.Module = _Suffix(model, start).to(device)
+        net: nn.Module = backbones.Suffix(model, start).to(device)
         train_loader: Any = CachedLoader(
             caches["train"],
             config.batch_size,
@@ -500,7 +483,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             ft_loader: Any = CachedLoader(
                 caches["train"], config.batch_size, weights=balanced, seed=config.seed + 1
             )
-            ft_net: nn.Module = _Suffix(model, start)
+            ft_net: nn.Module = backbones.Suffix(model, start)
         else:
             ft_loader = photo_loader(train_samples, train_tf, shuffle=True, sample_weights=balanced)
             ft_net = model
@@ -548,6 +531,17 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         f"{calibration['ece_after']:.4f}",
     )
 
+    # -- committed-answer thresholds, fitted on classes held out of a second model ------------------------
+    answers: dict[str, Any] | None = None
+    if config.fit_answers and cached and len(classes) >= 3:
+        report("answers", 0.9, "fitting the committed answer's thresholds on held-out classes")
+        answers = fit_answer_thresholds(config, data, caches["train"], caches["held"], start, spec.size, device)
+        timings["answer_fit_seconds"] = answers["seconds"]
+        report("answers", 0.91, f"answer thresholds {answers['thresholds']}")
+    elif config.fit_answers:
+        logger.warning("answer thresholds are fitted on the feature cache (linear and partial modes) of three "
+                       "or more classes; this run keeps the service's default threshold for every rank")
+
     # -- card, torch weights ---------------------------------------------------------------------------
     model.eval().cpu()
     version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -559,7 +553,11 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         input=spec,
         labels=classes,
         taxonomy=data.taxonomy,
-        calibration=card_calibration(calibration),
+        calibration=card_calibration(
+            calibration,
+            answer_thresholds=answers["thresholds"] if answers else None,
+            answer_fit=answers["fit"] if answers else None,
+        ),
         training={
             "data_source": data.source,
             "data_hash": data_fingerprint(all_photos),
@@ -724,6 +722,7 @@ def evaluate_export(
     card.metrics = {k: metrics[k] for k in ("n", *HEADLINE_METRICS)}
     card.metrics["evaluation_split"] = eval_split or "held-out"
     card.metrics["per_class"] = metrics["per_class"]
+    card.metrics["answers"] = summarize_answers(evaluation["answers"])
     if "field" in evaluation:
         fm = evaluation["field"]["metrics"]
         card.metrics["field_composites"] = {
@@ -748,6 +747,134 @@ def evaluate_export(
         problems=problems,
     )
     return evaluation
+
+
+def build_caches(
+    config: TrainConfig,
+    model: backbones.StagedNet,
+    start: int,
+    sets: dict[str, list[Sample]],
+    class_index: dict[str, int],
+    cache_dir: Path,
+    device: torch.device,
+    *,
+    progress: bool = False,
+    progress_callback: Any = None,
+) -> dict[str, Any]:
+    """The frozen prefix's activations of each photo set: ``config.views`` augmented views of ``train`` (view 0
+    laid out as the service sees it with ``clean_view``), one service view of every other set. Built once,
+    then found again by their key."""
+    spec = input_spec_for(config)
+    train_tf = TrainTransform(spec, AugmentConfig(**config.augment), seed=config.seed)
+    eval_tf = EvalTransform(spec)
+    caches = {}
+    for key, samples in sets.items():
+        tf: Any = train_tf if key == "train" else eval_tf
+        caches[key] = cache_features(
+            model,
+            start,
+            PhotoDataset(samples, class_index, tf, min_side=None if key == "train" else decode_min_side(spec)),
+            views=config.views if key == "train" else 1,
+            cache_dir=cache_dir,
+            batch_size=64,
+            num_workers=config.workers,
+            device=device,
+            seed=config.seed,
+            threads=config.threads,
+            progress=progress,
+            progress_callback=progress_callback,
+            clean_transform=eval_tf if (key == "train" and config.clean_view) else None,
+        )
+    return caches
+
+
+def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None) -> dict[str, Any]:
+    """Fit the committed answer's thresholds for a finished run and write them into its exported model.
+
+    Re-creates the run's data, split and feature caches from ``RUN/config.json`` (the caches are found
+    again when the run's cache folder is still there), trains the leave-classes-out model, and rewrites
+    ``model.json`` and the card embedded in ``model.onnx``.
+    """
+    from training.export import embed_card
+
+    config = TrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
+    if epochs is not None:
+        config.answer_epochs = epochs
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = select_device(config.device)
+    data = load_data(
+        config.data_sources,
+        valid=Path(config.valid) if config.valid else None,
+        image_root=Path(config.image_root) if config.image_root else None,
+        taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
+    )
+    train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
+    spec = input_spec_for(config)
+    model = backbones.create_model(
+        config.backbone, len(data.classes), pretrained=config.pretrained, weights=config.weights,
+        input_size=spec.size, dropout=config.dropout,
+    )
+    start = model.split_index(config.mode, config.trainable_stages)
+    model.freeze_before(start)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else Path(run) / "cache"
+    caches = build_caches(config, model, start, {"train": train_samples, "held": held}, data.class_index,
+                          cache_dir, device)
+    answers = fit_answer_thresholds(config, data, caches["train"], caches["held"], start, spec.size, device)
+    card = ModelCard.load(Path(model_dir))
+    if card.labels != data.classes:
+        raise ValueError(f"{model_dir} has other labels than the run's data; is it this run's model?")
+    card.calibration.answer_thresholds = answers["thresholds"]
+    card.calibration.answer_fit = answers["fit"]
+    card.save(Path(model_dir))
+    embed_card(Path(model_dir) / ONNX_FILENAME, card)
+    return answers
+
+
+def fit_answer_thresholds(
+    config: TrainConfig,
+    data: LabelledData,
+    train_cache: Any,
+    held_cache: Any,
+    start: int,
+    input_size: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Run :func:`training.leave_out.leave_classes_out` with the run's own recipe."""
+    from training.leave_out import leave_classes_out
+
+    return leave_classes_out(
+        classes=data.classes,
+        taxonomy=data.taxonomy,
+        train_cache=train_cache,
+        held_cache=held_cache,
+        backbone=config.backbone,
+        start=start,
+        input_size=input_size,
+        epochs=config.answer_epochs or max(1, config.epochs // 2),
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        taxonomy_smoothing=config.taxonomy_smoothing,
+        dropout=config.dropout,
+        weights=config.weights,
+        pretrained=config.pretrained,
+        share=config.answer_heldout_share,
+        seed=config.seed,
+        ood_percentile=config.ood_percentile,
+        target_precision=config.answer_precision,
+        max_heldout_species=config.answer_max_heldout_species,
+        device=device,
+    )
+
+
+def summarize_answers(answers: dict[str, Any]) -> dict[str, Any]:
+    """The committed answers' headline figures for the card (the report has them all)."""
+    keys = ("precision", "coverage", "known_species_at_species", "no_insect_claimed_insect", "top1_by_order")
+    out = {k: answers[k] for k in keys if k in answers}
+    out["by_rank"] = {r: v for r, v in answers["by_rank"].items() if v["answered"]}
+    return out
 
 
 def evaluation_split(data: LabelledData, held: list[Sample]) -> tuple[str | None, list[Sample]]:

@@ -139,6 +139,11 @@ def write_report(
     paths["reliability"] = plot_reliability(
         before, after, folder / "reliability.png", m.get("ece_uncalibrated", float("nan")), m["ece"]
     )
+    answers = evaluation.get("answers")
+    if answers:
+        from training.answers import plot_risk_coverage
+
+        paths["risk_coverage"] = plot_risk_coverage(answers, folder / "risk_coverage.png")
     doc = {
         "model": {
             "name": card.name,
@@ -149,6 +154,8 @@ def write_report(
         },
         "metrics": {k: v for k, v in m.items() if k != "per_class"},
         "per_class": m["per_class"],
+        "answers": answers,
+        "answer_fit": card.calibration.answer_fit,
         "calibration": calibration or card.calibration.model_dump(),
         "timing": {"test": evaluation["timing"], **(timings or {})},
         "tta": (
@@ -164,6 +171,7 @@ def write_report(
             {
                 "metrics": {k: v for k, v in evaluation["field"]["metrics"].items() if k != "per_class"},
                 "description": evaluation["field"]["description"],
+                "answers": evaluation["field"].get("answers"),
             }
             if "field" in evaluation
             else None
@@ -246,6 +254,7 @@ def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
     for key, value in timing.items():
         if key != "test":
             lines.append(f"- {key}: {value:.2f}" if isinstance(value, float) else f"- {key}: {value}")
+    lines += _answer_lines(doc)
     if doc.get("field"):
         f = doc["field"]
         lines += [
@@ -313,3 +322,52 @@ def _markdown(path: Path, card: ModelCard, doc: dict[str, Any]) -> Path:
         )
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _answer_lines(doc: dict[str, Any]) -> list[str]:
+    """The committed answer's section of the report: per rank precision and coverage, and the fit."""
+    a = doc.get("answers")
+    if not a:
+        return []
+    fitted = "fitted on held-out classes" if a.get("thresholds_fitted") else "the service's default (not fitted)"
+    lines = [
+        "",
+        "## Committed answer",
+        "",
+        f"The one answer the service commits to (species, genus, family, order, 'an insect', 'no insect', or "
+        f"nothing), with thresholds {fitted}: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in a["thresholds"].items()) + ".",
+        "",
+        f"Precision of all answers {_fmt(a['precision'])} at coverage {_fmt(a['coverage'])}; known species "
+        f"answered at species rank: {_fmt(a.get('known_species_at_species'))}; 'no insect' photos that claimed "
+        f"an insect: {_fmt(a.get('no_insect_claimed_insect'))}.",
+        "",
+        "| answer rank | photos | share | precision |",
+        "|---|---|---|---|",
+    ]
+    for rank, row in a["by_rank"].items():
+        lines.append(f"| {rank} | {row['answered']} | {_fmt(row['share'])} | {_fmt(row['precision'])} |")
+    if a.get("top1_by_order"):
+        lines += ["", "| order | photos | top-1 |", "|---|---|---|"]
+        lines += [f"| {g} | {v['photos']} | {_fmt(v['top1'])} |" for g, v in a["top1_by_order"].items()]
+    fit = doc.get("answer_fit")
+    if fit:
+        r = fit.get("result", {})
+        lines += [
+            "",
+            f"Fit ({fit.get('method', '')}): {fit.get('known_photos')} photos of known classes and "
+            f"{fit.get('heldout_photos')} photos of {len(fit.get('heldout_labels', []))} held-out labels "
+            f"({', '.join(fit.get('heldout_labels', []))}). There: held-out photos answered at species rank "
+            f"{_fmt(r.get('heldout_at_species'))}; held-out species whose genus is known, answered right at genus "
+            f"or coarser {_fmt(r.get('heldout_genus_known_right_genus_or_coarser'))}; any right answer for held-out "
+            f"photos {_fmt(r.get('heldout_right'))}; precision {_fmt(r.get('precision'))}.",
+        ]
+    lines += ["", "![risk-coverage](risk_coverage.png)"]
+    field = (doc.get("field") or {}).get("answers")
+    if field:
+        lines += [
+            "",
+            f"On the field-like composites: precision {_fmt(field['precision'])} at coverage "
+            f"{_fmt(field['coverage'])}; known species at species rank {_fmt(field.get('known_species_at_species'))}.",
+        ]
+    return lines
