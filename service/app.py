@@ -59,13 +59,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_exception_handlers(app)
 
     from service.metrics import MetricsMiddleware
-    from service.middleware import BodySizeLimitMiddleware
+    from service.middleware import BodySizeLimitMiddleware, UploadLimitMiddleware
 
+    # Innermost: a waiting upload has read nothing; an admitted one is still under the size cap and deadline.
+    app.add_middleware(UploadLimitMiddleware, paths=("/api/v1/identify", "/api/v1/observations"),
+                       limit=settings.max_concurrent_uploads, wait_seconds=settings.upload_queue_seconds)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     from service.security import install_hardening
 
     install_hardening(app, settings)  # body deadline, rate limits, security headers, CORS
     app.add_middleware(MetricsMiddleware)  # outermost: times and counts everything, 413s included
+    from service.security import trust_forwarded_headers
+
+    trust_forwarded_headers(app, settings)  # outermost of all: the client address every layer sees
 
     from service.routes import health, identify, metrics
 

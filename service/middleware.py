@@ -1,18 +1,29 @@
-"""ASGI middleware: a cap on the size of every request body.
+"""ASGI middleware: a cap on the size of every request body, and on the photo uploads handled at once.
 
 A request whose ``Content-Length`` exceeds the cap is answered 413 at once, before its body is read; a
 body streamed without a length is counted as it arrives and refused as soon as it passes the cap.
+
+:class:`UploadLimitMiddleware` lets at most N photo uploads be read and processed at once; the others
+wait for a slot without reading their bodies (uvicorn's flow control keeps at most ~64 KiB of each in
+memory), and past a deadline get ``503`` with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body
+
+logger = logging.getLogger(__name__)
 
 
 class BodySizeLimitMiddleware:
@@ -66,3 +77,68 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
                             (b"content-length", str(len(payload)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": payload})
+
+
+class UploadLimitMiddleware:
+    """At most ``limit`` requests to ``paths`` (POST) in the application at once, per process.
+
+    A request over the limit waits up to ``wait_seconds`` for a slot; then its body is read and thrown away
+    (so that the client, still sending, can read the answer; at most ``drain_seconds``) and it gets ``503``
+    ``{"error": {"code": "busy", ...}}`` with ``Retry-After``.
+    """
+
+    def __init__(self, app: ASGIApp, *, paths: Iterable[str], limit: int, wait_seconds: float,
+                 retry_after: int = 5, drain_seconds: float = 5.0) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+        self.limit = int(limit)
+        self.wait_seconds = float(wait_seconds)
+        self.retry_after = int(retry_after)
+        self.drain_seconds = float(drain_seconds)
+        self.active = 0
+        self._semaphore: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def _slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._semaphore[0] is not loop:
+            self._semaphore = (loop, asyncio.Semaphore(self.limit))
+        return self._semaphore[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.limit <= 0 or scope["type"] != "http" or scope.get("method") != "POST"
+                or scope.get("path") not in self.paths):
+            await self.app(scope, receive, send)
+            return
+        slots = self._slots()
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=self.wait_seconds)
+        except TimeoutError:
+            await self._refuse(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            slots.release()
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        logger.warning("refusing %s %s: %d uploads in progress", scope.get("method"), scope.get("path"),
+                       self.limit)
+        deadline = time.monotonic() + self.drain_seconds
+        try:  # discard what the client is still sending, chunk by chunk (never held)
+            while time.monotonic() < deadline:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    break
+        except Exception:  # a timeout, a disconnect, a body over the size cap: answer anyway
+            pass
+        retry = max(1, math.ceil(self.retry_after))
+        body = error_body("busy", f"the service is handling {self.limit} uploads; retry in {retry} s",
+                          {"retry_after_seconds": retry, "max_concurrent_uploads": self.limit})
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()),
+                                (b"retry-after", str(retry).encode())]})
+        await send({"type": "http.response.body", "body": payload})

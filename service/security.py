@@ -103,6 +103,19 @@ class BodyTimeoutMiddleware:
         await self.app(scope, timed_receive, send)
 
 
+def trust_forwarded_headers(app: FastAPI, settings: Settings) -> None:
+    """Believe ``X-Forwarded-For``/``-Proto`` only from ``settings.trusted_proxies`` (none by default).
+
+    uvicorn's own proxy-header handling trusts loopback by default; ``pollinid serve`` turns it off and this
+    middleware, added last (outermost), does the job with the configured addresses only. Run bare uvicorn
+    with ``--no-proxy-headers`` for the same guarantee.
+    """
+    if settings.trusted_proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+
+
 def install_hardening(app: FastAPI, settings: Settings) -> None:
     """Add the body deadline, rate limits, security headers and CORS middleware to ``app``.
 

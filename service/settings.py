@@ -142,10 +142,21 @@ class Settings(BaseSettings):
     rate_limit_per_ip: int = Field(default=1200, ge=0)
     rate_limit_per_key: int = Field(default=600, ge=0)
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # Addresses (IPs or CIDR networks, comma-separated) of the reverse proxies whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed. Empty (the default): forwarded headers are ignored, the client address
+    # is the TCP peer's, so a client cannot give itself a fresh per-IP quota with a forged header.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Origins allowed to call the API from a browser (CORS), comma-separated; default none (same origin).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Strict-Transport-Security max-age; set it (e.g. 31536000) only when the service is reached over HTTPS.
     hsts_seconds: int = Field(default=0, ge=0)
+    # Photo uploads (POST /identify and /observations) handled at once per process; past it a request waits
+    # up to upload_queue_seconds for a slot (reading nothing of its body), then gets 503 with Retry-After.
+    # Bounds the upload bytes held in memory. 0: no limit. ``pollinid serve --max-concurrent-uploads``.
+    max_concurrent_uploads: int = Field(default=16, ge=0, le=10_000)
+    upload_queue_seconds: float = Field(default=10.0, ge=0, le=600)
+    # uvicorn's --limit-concurrency for `pollinid serve` (connections and tasks; 503 past it); 0: none.
+    limit_concurrency: int = Field(default=0, ge=0)
     # A request body must arrive within this many seconds (slow uploads get 408).
     body_timeout_seconds: float = Field(default=60.0, gt=0)
     # Orphan temporary media files younger than this are left alone at start (another process may be
@@ -154,7 +165,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):

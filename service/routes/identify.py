@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service import auth
 from service.errors import PayloadTooLarge, error_body
 from service.identification import identify
+from service.imaging import check_upload_head
 from service.schemas.identify import IdentifyResponse
 from service.tables import User
 
@@ -56,13 +57,18 @@ async def identify_photos(
 ) -> IdentifyResponse:
     """Identify the insect in 1–5 photos: top-k taxa per photo and fused, with a taxonomic roll-up."""
     settings = request.app.state.settings
-    datas: list[bytes] = []
-    for i, upload in enumerate(images[: settings.max_images]):
+    kept = images[: settings.max_images]
+    for i, upload in enumerate(kept):
         if upload.size is not None and upload.size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"photo {i + 1} is {upload.size} bytes; the limit is "
                                   f"{settings.max_upload_bytes} bytes per photo",
                                   detail={"photo": i + 1, "limit_bytes": settings.max_upload_bytes})
-        datas.append(await upload.read())
+    if len(images) <= settings.max_images and 1 <= (top_k or settings.default_top_k) <= settings.max_top_k:
+        # Refuse junk from its first bytes, before any file is read into memory (the checks above and
+        # identify()'s own count/top_k checks keep their precedence).
+        for i, upload in enumerate(kept):
+            await check_upload_head(upload, i + 1)
+    datas: list[bytes] = [await upload.read() for upload in kept]
     if len(images) > len(datas):
         datas.extend(b"" for _ in range(len(images) - len(datas)))  # counted, never read
     return await identify(request.app.state, datas, top_k=top_k or settings.default_top_k, taxon=taxon,

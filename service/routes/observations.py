@@ -15,6 +15,7 @@ from service import observations as obs_domain
 from service.auth import ALL_ROLES
 from service.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.errors import ModelUnavailable, PayloadTooLarge
+from service.imaging import check_upload_head
 from service.observations import ObservationFilters, ObservationInput, PredictionFields, UploadedPhoto
 from service.schemas.observations import (
     Licence,
@@ -90,14 +91,15 @@ async def create_observation(
             f"{len(photos)} photos sent; an observation has at most {settings.max_images}",
             detail={"max_images": settings.max_images, "received": len(photos)},
         )
-    blobs: list[bytes] = []
     for i, upload in enumerate(photos):
         if upload.size is not None and upload.size > settings.max_upload_bytes:
             raise PayloadTooLarge(
                 f"photo {i + 1} is {upload.size} bytes; the limit is "
                 f"{settings.max_upload_bytes} bytes per photo"
             )
-        blobs.append(await upload.read())
+    for i, upload in enumerate(photos):  # junk is refused from its first bytes, before it is read
+        await check_upload_head(upload, i + 1)
+    blobs: list[bytes] = [await upload.read() for upload in photos]
     # Decode in the bounded decode pool (as /identify does), not in the 40-thread default pool: at most
     # decode_threads photos are being decoded at once, which bounds memory under a flood of big photos.
     decoded = await asyncio.get_running_loop().run_in_executor(

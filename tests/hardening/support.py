@@ -118,7 +118,7 @@ class LiveService:
         self.log_path = self.data_dir / f"uvicorn-{self.port}-{int(time.time() * 1000)}.log"
         cmd = [sys.executable, "-m", "uvicorn", "service.asgi:app", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers), "--timeout-keep-alive", "5",
-               "--log-level", "warning"]
+               "--log-level", "warning", "--no-proxy-headers"]  # as `pollinid serve`: see trusted_proxies
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=self.log_path.open("wb"),
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
