@@ -451,8 +451,8 @@ def training_rows(
         )
     )
     for obs in session.scalars(stmt.order_by(Observation.id).execution_options(yield_per=500)):
-        if since is not None and (as_utc(obs.validated_at) or as_utc(obs.updated_at)
-                                  or as_utc(obs.created_at)) < as_utc(since):  # type: ignore[operator]
+        when = as_utc(obs.validated_at) or as_utc(obs.updated_at) or as_utc(obs.created_at)
+        if since is not None and when is not None and when < as_utc(since):  # type: ignore[operator]
             continue
         if obs.status == NOT_AN_INSECT_STATUS:
             label, rank = NO_INSECT, NOT_A_TAXON

@@ -97,8 +97,8 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
 
     Existing taxa keep their id; a newer, non-empty common name or parent replaces the old one, except a
     parent that is already an ancestor of the current one (a less detailed lineage, such as a species row
-    giving only its genus, never lifts the genus out of its family). The caller commits. Safe against a concurrent sync (advisory lock on PostgreSQL; SQLite transactions
-    are already serialised).
+    giving only its genus, never lifts the genus out of its family). The caller commits. Safe against a
+    concurrent sync (advisory lock on PostgreSQL; SQLite transactions are already serialised).
     """
     _lock(session)
     result = SyncResult()
