@@ -165,3 +165,27 @@ def test_exports_never_show_no_insect_as_a_taxon(env: Env, tmp_path: Path) -> No
     assert flower["status"] == "not_an_insect"
     assert (flower["taxon_id"], flower["scientific_name"], flower["taxon_rank"]) == ("", "", "")
     assert all(r["taxon_rank"] != "none" and "no_insect" not in r["scientific_name"] for r in rows.values())
+
+
+def test_migration_0003_reads_observations_closed_as_cannot_tell(env: Env) -> None:  # noqa: F811
+    from service.db import create_db_engine
+    from service.migrations import current_revision, downgrade, head_revision, upgrade
+
+    flower = _observation(env, 1)
+    assert _identify(env, flower, None, None)["status"] == "not_an_insect"
+    blurry = _observation(env, 2)
+    for who in ("exp", "exp2"):
+        env.identify(who, blurry, "cannot_tell")
+    engine = create_db_engine(env.settings.resolved_database_url)
+    try:
+        downgrade(engine, "0002")  # as before the status existed
+        with env.session() as s:
+            assert {s.get(Observation, i).status for i in (flower, blurry)} == {"cannot_tell"}
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+    with env.session() as s:
+        row = s.get(Observation, flower)
+        assert (row.status, row.consensus_score, row.agreement_weight) == ("not_an_insect", 1.0, 2.0)
+        assert s.get(Observation, blurry).status == "cannot_tell"
