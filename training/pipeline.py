@@ -811,6 +811,7 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
     )
     train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
     spec = input_spec_for(config)
+    _seed_everything(config.seed)  # the same prefix weights as the run's, so its caches are found again
     model = backbones.create_model(
         config.backbone, len(data.classes), pretrained=config.pretrained, weights=config.weights,
         input_size=spec.size, dropout=config.dropout,

@@ -151,6 +151,25 @@ def test_linear_mode_with_feature_cache(color_dataset: Path, tmp_path: Path) -> 
     assert len(train_cache) == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["top1"] >= 0.5  # colours are easy even for a 2-epoch linear head
+    # The committed answer's thresholds were fitted on a leave-classes-out model and stored in the card.
+    export = Path(summary["export"])
+    card = ModelCard.load(export)
+    thresholds = card.calibration.answer_thresholds
+    assert thresholds is not None and set(thresholds) == {"no_insect", "species", "genus", "family", "order", "class"}
+    assert all(0.5 <= t <= 1.0 for t in thresholds.values())
+    fit = card.calibration.answer_fit
+    assert len(fit["heldout_labels"]) == 1 and fit["heldout_photos"] > 0 and fit["known_photos"] > 0
+    assert "known_species_at_species" in card.metrics["answers"]
+    assert (export / "risk_coverage.png").is_file()
+    assert "## Committed answer" in (export / "report.md").read_text()
+    # pollinid fit-answers re-fits them for the finished run (same caches) and rewrites card and ONNX metadata.
+    assert main(["fit-answers", "--run", str(run), "--model", str(export), "--epochs", "1"]) == 0
+    refit = ModelCard.load(export)
+    assert refit.calibration.answer_fit["epochs"] == 1
+    meta = {p.key: p.value for p in onnx.load(str(export / "model.onnx")).metadata_props}
+    assert json.loads(meta[ONNX_METADATA_KEY])["calibration"]["answer_fit"]["epochs"] == 1
+    assert len([p for p in (run / "cache").iterdir()]) == 3  # no new cache was built
+    assert main(["fit-answers", "--run", str(tmp_path), "--model", str(export)]) == 2
     # A second run with the same settings reuses the caches.
     _train(
         color_dataset,
