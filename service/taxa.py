@@ -269,11 +269,15 @@ def taxon_for_label(session: Session, label: str) -> Taxon | None:
 
 
 def labels_to_taxa(session: Session, labels: Iterable[str]) -> dict[str, int]:
-    """``{label: taxon_id}`` for the labels that have a taxon."""
+    """``{label: taxon_id}`` for the labels that have a taxon (never ``no_insect``)."""
     wanted = list(dict.fromkeys(labels))
     if not wanted:
         return {}
-    rows = session.execute(select(TaxonLabel.label, TaxonLabel.taxon_id).where(TaxonLabel.label.in_(wanted)))
+    rows = session.execute(
+        select(TaxonLabel.label, TaxonLabel.taxon_id)
+        .join(Taxon, Taxon.id == TaxonLabel.taxon_id)
+        .where(TaxonLabel.label.in_(wanted), Taxon.rank != NOT_A_TAXON)
+    )
     return {r.label: r.taxon_id for r in rows}
 
 

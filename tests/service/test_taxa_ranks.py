@@ -112,6 +112,7 @@ def test_no_insect_is_not_a_taxon(env: Env, tmp_path: Path) -> None:  # noqa: F8
         s.flush()
         s.add(TaxonLabel(label="no_insect", taxon_id=stale.id))
         s.commit()
+        assert labels_to_taxa(s, ["no_insect"]) == {} and taxon_for_label(s, "no_insect") is None
         sync_taxa(s, {"no_insect": LabelTaxon(rank="none")})
         s.commit()
         assert s.get(TaxonLabel, "no_insect") is None and taxon_for_label(s, "no_insect") is None
