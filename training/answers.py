@@ -20,6 +20,7 @@ Pure numpy: the leave-classes-out model itself is trained by :mod:`training.leav
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,7 +262,7 @@ def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_
             allowed = int(np.floor(max_heldout_species * int(held.sum())))
             if allowed < len(held_scores):
                 t = max(t, float(np.nextafter(held_scores[len(held_scores) - allowed - 1], np.inf)))
-        thresholds[rank] = round(min(1.0, t), 6)
+        thresholds[rank] = min(1.0, math.ceil(t * 1e6) / 1e6)  # rounded up: never below what was fitted
         # Answer with the rounded threshold, exactly as the service will.
         answered = eligible & (s + 1e-9 >= thresholds[rank])
         open_ &= ~answered
