@@ -155,7 +155,7 @@ async function identify(kind) {
   }
   try {
     const result = await api(`/api/v1/observations/${state.item.id}/identifications`, { method: "POST", json: body });
-    $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replace("_", " ")}` +
+    $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replaceAll("_", " ")}` +
       (result.consensus.taxon ? ` — ${taxonName(result.consensus.taxon)}` : "");
     $("identify-status").classList.remove("hidden");
     await next();
@@ -213,6 +213,7 @@ document.addEventListener("keydown", (e) => {
   else if (!state.item) return;
   else if (e.key === "a") identify("agree");
   else if (e.key === "x") identify("cannot_tell");
+  else if (e.key === "i") identify("not_an_insect");
   else if (e.key === "c") { e.preventDefault(); $("taxon").focus(); }
   else if (e.key === "+" || e.key === "=") zoomBy(1.25);
   else if (e.key === "-") zoomBy(0.8);
@@ -224,5 +225,6 @@ setupAutocomplete();
 $("next").addEventListener("click", next);
 $("agree").addEventListener("click", () => identify("agree"));
 $("cannot-tell").addEventListener("click", () => identify("cannot_tell"));
+$("not-an-insect").addEventListener("click", () => identify("not_an_insect"));
 $("identify-form").addEventListener("submit", (e) => { e.preventDefault(); identify("propose"); });
 if (getKey()) next();

@@ -214,7 +214,7 @@ async function loadMine() {
     const page = await api("/api/v1/observations", { query: { limit: 50 } });
     body.replaceChildren(...page.data.map((o) => el("tr", {},
       el("td", {}, o.observed_at ? new Date(o.observed_at).toLocaleString() : "—"),
-      el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replace("_", " "))),
+      el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replaceAll("_", " "))),
       el("td", {}, mineTaxon(o)),
       el("td", {}, o.session_id ? o.session_id.slice(0, 8) : "—"))));
     if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No observations yet.")));

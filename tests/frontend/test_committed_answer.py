@@ -150,3 +150,26 @@ def test_specialist_page_shows_the_committed_answer_and_its_rank(live_server, pa
     assert candidates.count() == 4
     assert re.search(r"genus Bombus \(Bumblebee\) — \d+%", candidates.first.inner_text())
     assert page.locator("#suggestions li button").count() == 3
+
+
+def test_specialist_says_not_an_insect_with_the_button_and_the_key(live_server, page, tmp_path):
+    """Two specialists say "not an insect" (one by the button, one by the i key): the observation closes as
+    not_an_insect, the verdict that sends its photos to the no_insect training label."""
+    volunteer = _user(live_server, "vera", "volunteer")
+    experts = [_user(live_server, name, "expert") for name in ("eric", "erin")]
+    page.goto(live_server.url + "/")
+    _sign_in(page, volunteer)
+    _identify(page, live_server.url, write_photo(tmp_path / "blue.jpg", "family"))
+    page.get_by_role("button", name="Submit observation").click()
+    page.get_by_text(re.compile(r"Saved as observation \d+")).wait_for()
+
+    for i, key in enumerate(experts):
+        page.goto(live_server.url + "/expert")
+        _sign_in(page, key)
+        page.get_by_role("heading", name=re.compile(r"Observation \d+")).wait_for()
+        if i == 0:
+            page.get_by_role("button", name="Not an insect (i)").click()
+        else:
+            page.locator("body").press("i")
+        page.locator("#identify-status").get_by_text(re.compile(r"Saved\. Status:")).wait_for()
+    assert "not an insect" in page.locator("#identify-status").inner_text()
