@@ -41,9 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_taxa_sync(app.state)  # taxa of the model cards, now and on every swap
         clean_orphans(app.state.sessionmaker, settings.media_path,  # photos left by a crashed upload
                       grace_seconds=settings.orphan_grace_seconds)
+        from service.housekeeping import start_housekeeping, stop_housekeeping, tune_allocator
+
+        tune_allocator(settings)  # large upload buffers go back to the system when freed
+        start_housekeeping(app.state, settings)  # old temporary files, periodically (not only at start)
         try:
             yield
         finally:
+            await stop_housekeeping(app.state)
             await stop_identification(app.state)
             engine.dispose()
 
@@ -63,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Innermost: a waiting upload has read nothing; an admitted one is still under the size cap and deadline.
     app.add_middleware(UploadLimitMiddleware, paths=("/api/v1/identify", "/api/v1/observations"),
-                       limit=settings.max_concurrent_uploads, wait_seconds=settings.upload_queue_seconds)
+                       limit=settings.max_concurrent_uploads, wait_seconds=settings.upload_queue_seconds,
+                       max_bytes=settings.max_upload_bytes_in_flight, default_size=settings.max_request_bytes)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     from service.security import install_hardening
 

@@ -154,7 +154,10 @@ class Settings(BaseSettings):
     # up to upload_queue_seconds for a slot (reading nothing of its body), then gets 503 with Retry-After.
     # Bounds the upload bytes held in memory. 0: no limit. ``pollinid serve --max-concurrent-uploads``.
     max_concurrent_uploads: int = Field(default=16, ge=0, le=10_000)
-    upload_queue_seconds: float = Field(default=10.0, ge=0, le=600)
+    upload_queue_seconds: float = Field(default=30.0, ge=0, le=600)
+    # And at most this many announced bytes (Content-Length) of those uploads at once (0: no byte limit): an
+    # upload may be held in memory whole while it is parsed, so this bounds the memory uploads take.
+    max_upload_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=0)
     # uvicorn's --limit-concurrency for `pollinid serve` (connections and tasks; 503 past it); 0: none.
     limit_concurrency: int = Field(default=0, ge=0)
     # A request body must arrive within this many seconds (slow uploads get 408).
@@ -162,6 +165,12 @@ class Settings(BaseSettings):
     # Orphan temporary media files younger than this are left alone at start (another process may be
     # writing them).
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+    # Every this many seconds a serving process also removes those old temporary files (a long-running
+    # server must not keep what a killed upload left) and trims its heap; 0: only at start.
+    housekeeping_seconds: float = Field(default=300.0, ge=0)
+    # glibc malloc: allocations from this size up get their own mapping, returned to the system when freed,
+    # so bursts of large uploads do not leave the process bloated. 0: glibc's default (dynamic threshold).
+    malloc_mmap_threshold: int = Field(default=256 * 1024, ge=0, le=32 * 1024 * 1024)
 
     log_level: str = "INFO"
 

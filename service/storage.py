@@ -129,6 +129,35 @@ def remove_unreferenced(factory: sessionmaker[Session], root: Path, shas: Iterab
     return removed
 
 
+def clean_temporary(root: Path, *, grace_seconds: float = 3600.0) -> int:
+    """Remove temporary files (``.tmp-*``) older than ``grace_seconds`` left by a killed upload.
+
+    Run at start and periodically (:mod:`service.housekeeping`): a long-running server must not keep
+    what a crashed sibling process left. Younger files may be being written now and are left alone.
+    Returns how many files were removed.
+    """
+    if not root.is_dir():
+        return 0
+    removed = 0
+    cutoff = time.time() - grace_seconds
+    for sub in root.iterdir():
+        if not sub.is_dir() or len(sub.name) != 2:
+            continue
+        for path in sub.iterdir():
+            if not path.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:  # renamed or removed meanwhile
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d temporary media files older than %.0f s", removed, grace_seconds)
+    return removed
+
+
 def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 500,
                   grace_seconds: float = 3600.0) -> int:
     """Remove temporary files and photos no row refers to (left by a crash). Returns files removed.
@@ -140,22 +169,13 @@ def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 50
     """
     if not root.is_dir():
         return 0
-    removed = 0
+    removed = clean_temporary(root, grace_seconds=grace_seconds)
     found: list[str] = []
-    cutoff = time.time() - grace_seconds
     for sub in root.iterdir():
         if not sub.is_dir() or len(sub.name) != 2:
             continue
         for path in sub.iterdir():
-            if path.name.startswith(TMP_PREFIX):
-                try:
-                    if path.stat().st_mtime > cutoff:
-                        continue
-                except FileNotFoundError:  # renamed or removed meanwhile
-                    continue
-                path.unlink(missing_ok=True)
-                removed += 1
-            elif SHA256_RE.fullmatch(path.name) and path.name[:2] == sub.name:
+            if SHA256_RE.fullmatch(path.name) and path.name[:2] == sub.name:
                 found.append(path.name)
     for i in range(0, len(found), batch):
         removed += remove_unreferenced(factory, root, found[i : i + batch])
