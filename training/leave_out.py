@@ -26,7 +26,7 @@ from torch import nn
 
 from service.modelcard import LabelTaxon
 from training import backbones
-from training.answers import AnswerTable, choose_heldout_labels, fit_thresholds
+from training.answers import AnswerTable, answer_metrics, choose_heldout_labels, fit_thresholds
 from training.calibration import energy_scores, fit_energy_threshold, fit_temperature
 from training.engine import build_optimizer, train_one_epoch, warmup_cosine
 from training.features import CachedLoader, FeatureCache
@@ -53,6 +53,7 @@ def leave_classes_out(
     train_cache: FeatureCache,
     held_cache: FeatureCache,
     backbone: str,
+    eval_cache: FeatureCache | None = None,
     start: int,
     input_size: int,
     epochs: int,
@@ -76,6 +77,9 @@ def leave_classes_out(
     The training cache's view 0 of each held-out class's photo is used as an "unknown" photo, so the cache
     should have been built with a clean view 0 (``--clean-view``); the held-out slice's photos of every class
     are used too.
+
+    With ``eval_cache`` (the evaluation split, used nowhere else here), the fitted thresholds are also checked
+    out of sample on its photos of known and held-out labels (``fit["evaluation_photos"]``).
 
     Returns:
         ``{"thresholds", "fit", "heldout_labels", "seconds"}``; ``fit`` is the report of
@@ -134,6 +138,14 @@ def leave_classes_out(
     full = AnswerTable.build(taxonomy, classes).tree
     thresholds, fit = fit_thresholds(table, full, probs, true, ood=ood, target_precision=target_precision,
                                      max_heldout_species=max_heldout_species)
+    if eval_cache is not None:
+        # Out of sample: the evaluation photos (never used above) of known and held-out labels alike.
+        eval_rows = np.flatnonzero(np.asarray(eval_cache.ok))
+        logits_eval = _logits(net, eval_cache.feats, eval_rows)
+        true_eval = [classes[i] for i in np.asarray(eval_cache.labels)[eval_rows]]
+        ood_eval = energy_scores(logits_eval, temperature) < energy_threshold
+        ranks, keys, _ = table.answers(softmax(logits_eval / temperature), thresholds, ood_eval)
+        fit["evaluation_photos"] = answer_metrics(full, ranks, keys, true_eval, kept)
     top1 = float((logits_held[known_mask].argmax(1) == y_known).mean()) if len(y_known) else float("nan")
     fit.update({
         "method": "leave-classes-out: a second model trained on the same cached activations without the "

@@ -535,7 +535,9 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
     answers: dict[str, Any] | None = None
     if config.fit_answers and cached and len(classes) >= 3:
         report("answers", 0.9, "fitting the committed answer's thresholds on held-out classes")
-        answers = fit_answer_thresholds(config, data, caches["train"], caches["held"], start, spec.size, device)
+        answers = fit_answer_thresholds(
+            config, data, caches["train"], caches["held"], start, spec.size, device, eval_cache=caches["eval"]
+        )
         timings["answer_fit_seconds"] = answers["seconds"]
         report("answers", 0.91, f"answer thresholds {answers['thresholds']}")
     elif config.fit_answers:
@@ -819,9 +821,12 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
     start = model.split_index(config.mode, config.trainable_stages)
     model.freeze_before(start)
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(run) / "cache"
-    caches = build_caches(config, model, start, {"train": train_samples, "held": held}, data.class_index,
-                          cache_dir, device)
-    answers = fit_answer_thresholds(config, data, caches["train"], caches["held"], start, spec.size, device)
+    _, eval_samples = evaluation_split(data, held)
+    sets = {"train": train_samples, "held": held, "eval": eval_samples}
+    caches = build_caches(config, model, start, sets, data.class_index, cache_dir, device)
+    answers = fit_answer_thresholds(
+        config, data, caches["train"], caches["held"], start, spec.size, device, eval_cache=caches["eval"]
+    )
     card = ModelCard.load(Path(model_dir))
     if card.labels != data.classes:
         raise ValueError(f"{model_dir} has other labels than the run's data; is it this run's model?")
@@ -840,6 +845,8 @@ def fit_answer_thresholds(
     start: int,
     input_size: int,
     device: torch.device,
+    *,
+    eval_cache: Any = None,
 ) -> dict[str, Any]:
     """Run :func:`training.leave_out.leave_classes_out` with the run's own recipe."""
     from training.leave_out import leave_classes_out
@@ -849,6 +856,7 @@ def fit_answer_thresholds(
         taxonomy=data.taxonomy,
         train_cache=train_cache,
         held_cache=held_cache,
+        eval_cache=eval_cache,
         backbone=config.backbone,
         start=start,
         input_size=input_size,

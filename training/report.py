@@ -362,6 +362,16 @@ def _answer_lines(doc: dict[str, Any]) -> list[str]:
             f"or coarser {_fmt(r.get('heldout_genus_known_right_genus_or_coarser'))}; any right answer for held-out "
             f"photos {_fmt(r.get('heldout_right'))}; precision {_fmt(r.get('precision'))}.",
         ]
+        out = fit.get("evaluation_photos")
+        if out:
+            lines += [
+                "",
+                f"Out of sample (the leave-out model on the {out['photos']} evaluation photos, "
+                f"{out.get('heldout_photos', 0)} of them of held-out labels): held-out photos answered at species "
+                f"rank {_fmt(out.get('heldout_at_species'))}; held-out species whose genus is known, right at genus "
+                f"or coarser {_fmt(out.get('heldout_genus_known_right_genus_or_coarser'))}; precision "
+                f"{_fmt(out.get('precision'))}.",
+            ]
     lines += ["", "![risk-coverage](risk_coverage.png)"]
     field = (doc.get("field") or {}).get("answers")
     if field:
