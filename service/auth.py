@@ -96,6 +96,25 @@ def get_user(*, session: Session, user_id: int) -> User:
     return user
 
 
+def ensure_an_admin_remains(*, session: Session, user: User, role: Role | None, active: bool | None) -> None:
+    """Refuse a change that would leave no active admin (demoting or deactivating the last one).
+
+    The active admins' rows are locked first (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction is
+    already exclusive), so two admins demoting each other at once cannot both succeed.
+
+    Raises:
+        Conflict: ``user`` is the last active admin and would stop being one.
+    """
+    loses_admin = (role is not None and role != Role.admin) or active is False
+    if user.role != Role.admin or not user.active or not loses_admin:
+        return
+    admins = list(session.scalars(select(User.id).where(User.role == Role.admin.value, User.active.is_(True))
+                                  .order_by(User.id).with_for_update()))
+    if admins == [user.id]:
+        raise Conflict("this is the last active admin: make another user admin first",
+                       detail={"user_id": user.id})
+
+
 def list_users(*, session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.id)))
 

@@ -69,6 +69,9 @@ EXTRA_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("DELETE", "/api/v1/validation/queue/{observation_id}/lease"): {
         409: "the observation is not leased to this expert",
     },
+    ("PATCH", "/api/v1/admin/users/{user_id}"): {409: "this is the last active admin"},
+    ("POST", "/api/v1/identify"): {503: "no model is loaded, or too many uploads are in progress (Retry-After)"},
+    ("POST", "/api/v1/observations"): {503: "too many uploads are in progress: retry after Retry-After seconds"},
 }
 
 

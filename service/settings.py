@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     consensus_specialist_weight: float = Field(default=1.0, gt=0)
     # How long a validation-queue item stays leased to one expert.
     queue_lease_seconds: float = Field(default=600.0, gt=0)
+    # The most validation-queue items one expert may hold leased at once (one call asked for 46 of 47).
+    queue_max_leases_per_expert: int = Field(default=20, ge=1, le=1000)
     # Base URL written into exports (occurrence and media links).
     public_base_url: str = "http://127.0.0.1:8000"
     export_title: str = "pollinid observations of pollinating insects"
@@ -171,6 +173,12 @@ class Settings(BaseSettings):
     # glibc malloc: allocations from this size up get their own mapping, returned to the system when freed,
     # so bursts of large uploads do not leave the process bloated. 0: glibc's default (dynamic threshold).
     malloc_mmap_threshold: int = Field(default=256 * 1024, ge=0, le=32 * 1024 * 1024)
+
+    # GET /metrics (Prometheus): served when enabled; with a token set, only to `Authorization: Bearer
+    # <token>` (Prometheus: `authorization: {credentials: ...}`). Default: served to anyone who reaches the
+    # port, as exporters are: keep it off the public side of the proxy, or set a token.
+    metrics_enabled: bool = True
+    metrics_token: str = Field(default="", repr=False)
 
     log_level: str = "INFO"
 

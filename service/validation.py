@@ -266,6 +266,9 @@ def claim_queue(
 ) -> tuple[list[Observation], datetime]:
     """Lease the ``limit`` most uncertain ``needs_id`` observations to ``user``. The caller commits.
 
+    One expert holds at most ``settings.queue_max_leases_per_expert`` leases at a time (the rest of the
+    queue stays available to the others); past it, only the items already leased to them come back.
+
     Order: lowest calibrated top-1 score first (no prediction counts as 0), then the smallest margin
     between the first two scores, then the oldest. An expert never gets their own observations or ones
     they already identified, nor one leased to another expert whose lease has not expired. Items already
@@ -290,7 +293,19 @@ def claim_queue(
     )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=Observation)
-    rows = list(session.scalars(stmt))
+    # At most queue_max_leases_per_expert items leased to one expert at a time (still in their queue: an
+    # item they identified no longer counts); past it, a claim only renews what they already hold.
+    held = set(session.scalars(select(Observation.id).where(
+        *queue_conditions(user, now, None), Observation.lease_user_id == user.id,
+        Observation.lease_expires_at > now)))
+    room = max(0, settings.queue_max_leases_per_expert - len(held))
+    rows = []
+    for obs in session.scalars(stmt):
+        if obs.id not in held:
+            if room <= 0:
+                continue
+            room -= 1
+        rows.append(obs)
     for obs in rows:
         obs.lease_user_id, obs.lease_expires_at = user.id, expires
     session.flush()

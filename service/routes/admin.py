@@ -47,10 +47,12 @@ def read_user(user_id: int, session: SessionDep) -> UserPublic:
 
 @router.patch("/users/{user_id}", response_model=UserPublic)
 def update_user(user_id: int, body: UserUpdate, session: SessionDep) -> UserPublic:
-    """Change a user's role, or deactivate them (their keys stop working)."""
+    """Change a user's role, or deactivate them (their keys stop working); the last admin stays one."""
     user = auth.get_user(session=session, user_id=user_id)
-    if body.role is not None:
-        user.role = auth.parse_role(body.role).value
+    role = auth.parse_role(body.role) if body.role is not None else None
+    auth.ensure_an_admin_remains(session=session, user=user, role=role, active=body.active)
+    if role is not None:
+        user.role = role.value
     if body.active is not None:
         user.active = body.active
     session.commit()
