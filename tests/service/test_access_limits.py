@@ -19,14 +19,14 @@ def capped(settings: Settings) -> Iterator[Env]:
     yield from make_env(settings.model_copy(update={"queue_max_leases_per_expert": 3}))
 
 
-def _queue(env: Env, who: str, limit: int = 100) -> list[int]:
-    r = env.client.get("/api/v1/validation/queue", headers=env.h(who), params={"limit": limit})
+def _queue(app_env: Env, who: str, limit: int = 100) -> list[int]:
+    r = app_env.client.get("/api/v1/validation/queue", headers=app_env.h(who), params={"limit": limit})
     assert r.status_code == 200, r.text
     return [item["observation"]["id"] for item in r.json()["data"]]
 
 
 def test_one_expert_holds_at_most_the_cap(capped: Env) -> None:
-    env = capped
+    env = capped  # noqa: F811
     ids = [env.post_obs().json()["id"] for _ in range(7)]
     first = _queue(env, "exp")
     assert len(first) == 3, first
