@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exit_on_signals() -> dict[int, object]:
+def _exit_on_signals() -> dict[int, Any]:
     """Make SIGTERM and SIGINT end this process through ``finally`` blocks (the worker is stopped).
 
     uvicorn restores the handlers it found once it has shut down, then raises the signal it received
