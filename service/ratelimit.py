@@ -2,8 +2,9 @@
 
 Every ``/api/`` request (health and readiness excepted) counts against two quotas:
 
-* ``"ip"``: requests per window from one client address (``scope["client"]``; behind a reverse proxy run
-  uvicorn with ``--proxy-headers --forwarded-allow-ips=<proxy>`` so that this is the real client);
+* ``"ip"``: requests per window from one client address (``scope["client"]``; behind a reverse proxy set
+  ``POLLINID_TRUSTED_PROXIES=<proxy>`` so that this is the real client; forwarded headers from anyone
+  else are ignored, see :func:`service.security.trust_forwarded_headers`);
 * ``"key"``: requests per window made with one API key (``Authorization: Bearer ...``), counted by a
   digest of the key, before the key is checked (a flood of made-up keys is still held by the IP quota).
 
