@@ -191,7 +191,8 @@ def answer_thresholds(clf: Classifier, default: float) -> dict[str, float]:
     cache: dict[Any, Any] = clf.cache.setdefault("answer_thresholds", {})
     if default not in cache:
         cache[default] = thresholds_for(clf.card.calibration.answer_thresholds, default)
-    return cache[default]  # type: ignore[no-any-return]
+    found: dict[str, float] = cache[default]
+    return found
 
 
 def answer_scores(clf: Classifier, probs: np.ndarray, k: int, threshold: float, ood: bool,
@@ -215,7 +216,7 @@ def answer_scores(clf: Classifier, probs: np.ndarray, k: int, threshold: float, 
     roll = None
     if found is not None:
         roll = RollupPublic(taxon=_taxon_public(clf, found.key), rank=found.rank, score=round(found.score, 6),
-                            kind=found.kind, answer=plain_answer(clf.tree, found))
+                            kind=found.kind, answer=plain_answer(clf.tree, found))  # type: ignore[arg-type]
     return results, roll
 
 

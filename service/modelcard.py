@@ -86,7 +86,7 @@ class LabelTaxon(BaseModel):
         if isinstance(value, str):
             value = value.strip().lower()
             if value not in RANKS and value != NOT_A_TAXON:
-                raise ValueError(f"unknown rank {value!r}; known: {list(RANKS) + [NOT_A_TAXON]}")
+                raise ValueError(f"unknown rank {value!r}; known: {[*RANKS, NOT_A_TAXON]}")
         return value
 
     @property
@@ -127,6 +127,10 @@ class ModelCard(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)  # type: ignore[arg-type]
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+    # The version's state (``service.versions.VersionState``: candidate, gate_passed, gate_failed, released,
+    # retired), written by the service into a trained version's card; None: decided by where it lives.
+    status: str | None = None
+    status_reason: str | None = None
 
     @field_validator("labels")
     @classmethod

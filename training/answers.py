@@ -332,7 +332,7 @@ def evaluate_answers(card: ModelCard, logits: np.ndarray, targets: np.ndarray, *
     gate = card.calibration.ood_energy_threshold
     ood = energy_scores(logits, t) < gate if gate is not None else None
     thresholds = thresholds_for(card.calibration.answer_thresholds, default_threshold)
-    ranks, keys, scores = table.answers(probs, thresholds, ood)
+    ranks, keys, _ = table.answers(probs, thresholds, ood)
     true = [labels[i] for i in np.asarray(targets)]
     out = answer_metrics(table.tree, ranks, keys, true, labels)
     out["thresholds"] = thresholds
