@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pollinid", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: POLLINID_LOG_LEVEL)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the database migrations' step-by-step log (quiet by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -38,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, verbose: bool = False) -> None:
+    """Log at ``level``; Alembic's per-step INFO lines only with ``verbose`` (or at DEBUG)."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose and level.upper() != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from service.settings import get_settings
 
-    configure_logging(args.log_level or get_settings().log_level)
+    configure_logging(args.log_level or get_settings().log_level, verbose=args.verbose)
     result = args.func(args)
     return int(result or 0)
 
