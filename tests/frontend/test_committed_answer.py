@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service import auth
 from tests.frontend.answer_model import write_answer_model, write_photo
+from tests.frontend.browser_support import make_user, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -35,20 +35,6 @@ def models_dir(tmp_path: Path) -> Path:
     return root
 
 
-def _user(server, name: str, role: str) -> str:
-    state = server.app.state
-    with state.sessionmaker() as session:
-        _, key = auth.create_user(session=session, settings=state.settings, name=name, role=role)
-        session.commit()
-    return key
-
-
-def _sign_in(page, key: str) -> None:
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in with a key.").wait_for()
-
-
 def _identify(page, url: str, photo: Path) -> None:
     page.goto(url + "/")
     page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(photo))
@@ -57,9 +43,9 @@ def _identify(page, url: str, photo: Path) -> None:
 
 
 def test_volunteer_page_shows_each_kind_of_answer_in_words(live_server, page, tmp_path):
-    key = _user(live_server, "vera", "volunteer")
+    key = make_user(live_server, "vera", "volunteer")
     page.goto(live_server.url + "/")
-    _sign_in(page, key)
+    sign_in(page, key)
     for kind, (words, italic, data_kind) in EXPECTED.items():
         _identify(page, live_server.url, write_photo(tmp_path / f"{kind}.jpg", kind))
         answer = page.locator("#rollup")
@@ -127,10 +113,10 @@ def test_older_answers_are_worded_on_the_page_and_never_parsed_as_html(live_serv
 
 
 def test_specialist_page_shows_the_committed_answer_and_its_rank(live_server, page, tmp_path):
-    volunteer = _user(live_server, "vera", "volunteer")
-    expert = _user(live_server, "eric", "expert")
+    volunteer = make_user(live_server, "vera", "volunteer")
+    expert = make_user(live_server, "eric", "expert")
     page.goto(live_server.url + "/")
-    _sign_in(page, volunteer)
+    sign_in(page, volunteer)
     _identify(page, live_server.url, write_photo(tmp_path / "green.jpg", "genus"))
     page.get_by_role("button", name="Submit observation").click()
     page.get_by_text(re.compile(r"Saved as observation \d+")).wait_for()
@@ -138,7 +124,7 @@ def test_specialist_page_shows_the_committed_answer_and_its_rank(live_server, pa
     page.locator("#mine").get_by_text(re.compile(r"Bumblebee \(genus Bombus\).*\(model\)")).wait_for()
 
     page.goto(live_server.url + "/expert")
-    _sign_in(page, expert)
+    sign_in(page, expert)
     page.get_by_role("heading", name=re.compile(r"Observation \d+")).wait_for()
     answer = page.locator("#model-rollup")
     assert "Bumblebee (genus Bombus)" in answer.inner_text()
@@ -155,17 +141,17 @@ def test_specialist_page_shows_the_committed_answer_and_its_rank(live_server, pa
 def test_specialist_says_not_an_insect_with_the_button_and_the_key(live_server, page, tmp_path):
     """Two specialists say "not an insect" (one by the button, one by the i key): the observation closes as
     not_an_insect, the verdict that sends its photos to the no_insect training label."""
-    volunteer = _user(live_server, "vera", "volunteer")
-    experts = [_user(live_server, name, "expert") for name in ("eric", "erin")]
+    volunteer = make_user(live_server, "vera", "volunteer")
+    experts = [make_user(live_server, name, "expert") for name in ("eric", "erin")]
     page.goto(live_server.url + "/")
-    _sign_in(page, volunteer)
+    sign_in(page, volunteer)
     _identify(page, live_server.url, write_photo(tmp_path / "blue.jpg", "family"))
     page.get_by_role("button", name="Submit observation").click()
     page.get_by_text(re.compile(r"Saved as observation \d+")).wait_for()
 
     for i, key in enumerate(experts):
         page.goto(live_server.url + "/expert")
-        _sign_in(page, key)
+        sign_in(page, key)
         page.get_by_role("heading", name=re.compile(r"Observation \d+")).wait_for()
         if i == 0:
             page.get_by_role("button", name="Not an insect (i)").click()

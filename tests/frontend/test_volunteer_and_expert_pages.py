@@ -8,34 +8,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service import auth
 from service.tables import Observation
+from tests.frontend.browser_support import make_user, sign_in
 
 pytestmark = pytest.mark.browser
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def _user(server, name: str, role: str) -> str:
-    state = server.app.state
-    with state.sessionmaker() as session:
-        _, key = auth.create_user(session=session, settings=state.settings, name=name, role=role)
-        session.commit()
-    return key
-
-
-def _sign_in(page, key: str) -> None:
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in with a key.").wait_for()
-
-
 def test_volunteer_uploads_a_real_photo_then_a_specialist_validates_it(live_server, page):
-    volunteer = _user(live_server, "vera", "volunteer")
-    expert = _user(live_server, "eric", "expert")
+    volunteer = make_user(live_server, "vera", "volunteer")
+    expert = make_user(live_server, "eric", "expert")
 
     # --- volunteer, on a phone-sized screen -----------------------------------------------------------
     page.goto(live_server.url + "/")
-    _sign_in(page, volunteer)
+    sign_in(page, volunteer)
     page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(FIXTURES / "red_admiral.jpg"))
     page.get_by_role("button", name="Identify").click()
     cards = page.locator(".card")
@@ -63,7 +49,7 @@ def test_volunteer_uploads_a_real_photo_then_a_specialist_validates_it(live_serv
     # --- a specialist agrees with the volunteer's pick: two agreeing identifications validate it ---------
     page.goto(live_server.url + "/expert")  # still holds the volunteer's key: the page says so, no 403
     page.get_by_text("the queue needs a specialist key").wait_for()
-    _sign_in(page, expert)
+    sign_in(page, expert)
     page.get_by_role("heading", name=f"Observation {obs_id}").wait_for()
     page.locator("#photo[src^='blob:']").wait_for()  # the photo is fetched with the key
     page.locator("#history").get_by_text(re.compile(r"vera")).wait_for()  # the volunteer's proposal, in the history
@@ -77,7 +63,7 @@ def test_volunteer_uploads_a_real_photo_then_a_specialist_validates_it(live_serv
 
     # The volunteer sees the validated status on their list.
     page.goto(live_server.url + "/")
-    _sign_in(page, volunteer)
+    sign_in(page, volunteer)
     page.locator("#mine .status.validated").wait_for()
     assert first is not None
 
@@ -122,13 +108,13 @@ def _big_photo_with_exif(path: Path) -> None:
 def test_large_photo_is_resized_in_the_browser_and_keeps_its_date_and_place(live_server, page, tmp_path):
     from service.tables import Photo
 
-    key = _user(live_server, "paula", "volunteer")
+    key = make_user(live_server, "paula", "volunteer")
     big = tmp_path / "phone.jpg"
     _big_photo_with_exif(big)
     uploads: list[int] = []
     page.on("request", lambda r: uploads.append(len(r.post_data_buffer or b"")) if r.method == "POST" else None)
     page.goto(live_server.url + "/")
-    _sign_in(page, key)
+    sign_in(page, key)
     page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(big))
     page.get_by_role("button", name="Identify").click()
     page.locator(".card").first.wait_for()
