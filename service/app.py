@@ -35,6 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.identification import start_identification, stop_identification
 
         await start_identification(app.state, settings)  # registry + active model, batcher, model poller
+        # Retrained versions (data folder) are listed next to the releases, with the state read from disk.
+        from service.versions import attach_trained_models
+
+        await attach_trained_models(app.state.registry, settings.trained_models_path)
         from service.storage import clean_orphans
         from service.taxa import install_taxa_sync
 

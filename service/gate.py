@@ -8,8 +8,10 @@ non-regression principle, the candidate passes when
 * no class (with at least ``min_class_support`` evaluation photos) loses more than ``class_margin`` of
   per-class accuracy (recall).
 
-The comparison is on the classes both models know; the candidate's new classes are reported, not gated.
-This module is pure (no database, no ONNX): the worker feeds it the two metric sets.
+The comparison is on the classes both models know. The candidate's new classes, which the active model has no
+score for, are judged on their own held-out photos: each new class with at least ``min_class_support`` of them
+must reach ``new_class_min_recall``; one with fewer is reported as not gated.
+This module is pure (no database, no ONNX): the worker feeds it the metric sets.
 """
 
 from __future__ import annotations
@@ -29,15 +31,19 @@ class GateConfig:
     tolerance: float = 0.01
     class_margin: float = 0.05
     min_class_support: int = 3
+    new_class_min_recall: float = 0.5
 
 
-def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: GateConfig) -> dict[str, Any]:
+def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: GateConfig,
+            new_classes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compare two metric sets from the same photos and decide.
 
     Args:
         candidate: the candidate's metrics (``top1``, ``per_class: {label: {recall, f1, support}}`` …).
         active: the active model's metrics on the same photos, or None when no model is active.
         config: the thresholds.
+        new_classes: the candidate on its new classes' held-out photos, ``{"per_class": {label: {recall,
+            support}}}`` (see ``training.worker_entry.new_class_evaluation``).
 
     Returns:
         ``{"passed", "reasons", "config", "overall": {metric: {candidate, active, delta}},
@@ -45,9 +51,10 @@ def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: Ga
         are accuracies (recall).
     """
     out: dict[str, Any] = {"config": asdict(config), "reasons": [], "overall": {}, "per_class": []}
+    new_ok = _judge_new_classes(new_classes, config, out)
     if active is None:
-        out["passed"] = True
-        out["reasons"].append("no active model to compare with: the candidate passes")
+        out["passed"] = new_ok
+        out["reasons"].insert(0, "no active model to compare with" + (": the candidate passes" if new_ok else ""))
         for key in OVERALL_KEYS:
             out["overall"][key] = {"candidate": candidate.get(key), "active": None, "delta": None}
         return out
@@ -97,5 +104,30 @@ def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: Ga
         )
     if passed:
         out["reasons"].insert(0, "no regression beyond the tolerance and the per-class margin")
-    out["passed"] = passed
+    out["passed"] = passed and new_ok
     return out
+
+
+def _judge_new_classes(new_classes: dict[str, Any] | None, config: GateConfig, out: dict[str, Any]) -> bool:
+    """Each new class with enough held-out photos must reach ``new_class_min_recall``; fills ``new_classes``."""
+    rows: list[dict[str, Any]] = []
+    out["new_classes"] = rows
+    if not new_classes:
+        return True
+    failed: list[str] = []
+    for label, values in sorted((new_classes.get("per_class") or {}).items()):
+        support = int(values.get("support") or 0)
+        recall = values.get("recall")
+        checked = support >= config.min_class_support and recall is not None
+        ok = (not checked) or float(recall) >= config.new_class_min_recall - 1e-12
+        if not ok:
+            failed.append(label)
+        rows.append({"label": label, "candidate": recall, "support": support, "checked": checked, "passed": ok})
+    if failed:
+        out["reasons"].append(f"{len(failed)} new class(es) below {config.new_class_min_recall:g} accuracy on "
+                              f"their own held-out photos: {failed[:10]}")
+    unchecked = [r["label"] for r in rows if not r["checked"]]
+    if unchecked:
+        out["reasons"].append(f"{len(unchecked)} new class(es) with fewer than {config.min_class_support} held-out "
+                              f"photos not gated: {unchecked[:10]}")
+    return not failed

@@ -37,6 +37,7 @@ from service.schemas.jobs import RetrainCreate
 from service.settings import Settings
 from service.tables import ModelVersion, Taxon, TaxonLabel
 from service.taxonomy import NO_INSECT
+from service.versions import VersionState, write_card_state
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,14 @@ def check_request(body: RetrainCreate, *, session: Session, settings: Settings) 
         Conflict: the requested version already exists.
     """
     roots = data_roots(settings)
-    base = resolve_in_roots(body.base_dataset, roots, field="base_dataset")
-    if base.is_file() and base.suffix.lower() not in DATASET_SUFFIXES:
-        raise InvalidRequest(f"base dataset {body.base_dataset!r}: expected a folder, a .csv manifest or a "
-                             "COCO/iNat .json file")
-    if not base.is_dir() and not base.is_file():
-        raise InvalidRequest(f"base dataset {body.base_dataset!r} is neither a folder nor a file")
+    base: Path | None = None
+    if body.base_dataset is not None:
+        base = resolve_in_roots(body.base_dataset, roots, field="base_dataset")
+        if base.is_file() and base.suffix.lower() not in DATASET_SUFFIXES:
+            raise InvalidRequest(f"base dataset {body.base_dataset!r}: expected a folder, a .csv manifest or a "
+                                 "COCO/iNat .json file")
+        if not base.is_dir() and not base.is_file():
+            raise InvalidRequest(f"base dataset {body.base_dataset!r} is neither a folder nor a file")
     weights = (resolve_in_roots(body.weights, roots, field="weights", want_file=True)
                if body.weights is not None else None)
     name = body.name
@@ -123,23 +126,31 @@ def check_request(body: RetrainCreate, *, session: Session, settings: Settings) 
             raise InvalidRequest("no model is active: give the new model's name")
         name = active.name
     if body.version is not None:
-        folder = settings.models_dir / name / body.version
         exists = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name,
                                                               ModelVersion.version == body.version))
-        if exists is not None or folder.exists():
+        folders = (settings.models_dir / name / body.version, settings.trained_models_path / name / body.version)
+        if exists is not None or any(f.exists() for f in folders):
             raise Conflict(f"model {name}/{body.version} already exists; choose another version")
     params = body.model_dump(mode="json")
-    params.update(base_dataset=str(base), name=name)
+    params.update(base_dataset=str(base) if base is not None else None, name=name)
     if weights is not None:
         params["weights"] = str(weights)
     if params["min_new_class_photos"] is None:
         params["min_new_class_photos"] = settings.retrain_min_new_class_photos
+    # Work out what it would train on; a request bound to fail is refused here (422), not queued.
+    from service.retrain_plan import plan_retrain
+
+    params["plan"] = plan_retrain(params, session=session, settings=settings)
     return params
+
+
+def _versions_on_disk(folders: list[Path], name: str) -> list[str]:
+    return [p.name for f in folders if (f / name).is_dir() for p in (f / name).iterdir()]
 
 
 def _next_version(models_dir: Path, name: str, existing: list[str], job_id: int) -> str:
     """The next free version: one more than the largest numeric version, else ``r<job id>``."""
-    on_disk = [p.name for p in (models_dir / name).iterdir()] if (models_dir / name).is_dir() else []
+    on_disk = _versions_on_disk([models_dir], name)
     numbers = [int(v) for v in {*existing, *on_disk} if re.fullmatch(r"\d{1,9}", v)]
     if numbers or not (existing or on_disk):
         return str(max(numbers, default=0) + 1)
@@ -148,7 +159,10 @@ def _next_version(models_dir: Path, name: str, existing: list[str], job_id: int)
 
 def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: list[str],
                      job_id: int) -> str:
-    """Create the version's folder atomically (two jobs never share one) and return the version."""
+    """Create the version's folder atomically (two jobs never share one) and return the version.
+
+    ``models_dir`` is the trained models folder; ``existing`` also holds the released versions.
+    """
     (models_dir / name).mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         version = wanted or _next_version(models_dir, name, existing, job_id)
@@ -224,11 +238,15 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
                 for label, info in rows.items():
                     writer.writerow({"label": label, **{k: v or "" for k, v in info.items()}})
         row = _active_row(session)
-        active = (row.name, row.version, row.path) if row is not None else None
+        # The gate compares with the active version of the same model; another model's classes are not
+        # this candidate's to keep.
+        active = (row.name, row.version, row.path) if row is not None and row.name == name else None
         existing = list(session.scalars(select(ModelVersion.version).where(ModelVersion.name == name)))
         session.rollback()
+    # Trained versions go to the data folder's trained models folder, never into the releases (the package).
+    existing += _versions_on_disk([settings.models_dir], name)
     version = params.get("resolved_version") or _reserve_version(
-        settings.models_dir, name, params.get("version"), existing, job_id)
+        settings.trained_models_path, name, params.get("version"), existing, job_id)
     active_folder = None
     if active is not None and (Path(active[2]) / ONNX_FILENAME).is_file():
         active_folder = str(Path(active[2]).resolve())
@@ -251,13 +269,16 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
                                   "since": params.get("observations_since")},
         "min_new_class_photos": int(params.get("min_new_class_photos")
                                     or settings.retrain_min_new_class_photos),
+        "strategy": (params.get("plan") or {}).get("strategy", "train"),
+        "replay_kit": (params.get("plan") or {}).get("replay_kit"),
         "gate_holdout": params["gate_holdout"],
+        "gate_min_class_support": int(params.get("min_class_support", 3)),
         "seed": params["seed"],
         "active_model": active_folder,
         "active_model_ref": f"{active[0]}/{active[1]}" if active is not None else None,
         "name": name,
         "version": version,
-        "export_dir": str((settings.models_dir / name / version).resolve()),
+        "export_dir": str((settings.trained_models_path / name / version).resolve()),
         "train": train,
     }
     (work_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
@@ -284,8 +305,10 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
     evaluation = child.get("gate_evaluation") or {}
     config = GateConfig(tolerance=float(params.get("tolerance", 0.01)),
                         class_margin=float(params.get("class_margin", 0.05)),
-                        min_class_support=int(params.get("min_class_support", 3)))
-    decision = compare(evaluation.get("candidate") or {}, evaluation.get("active"), config)
+                        min_class_support=int(params.get("min_class_support", 3)),
+                        new_class_min_recall=float(params.get("new_class_min_recall", 0.5)))
+    decision = compare(evaluation.get("candidate") or {}, evaluation.get("active"), config,
+                       evaluation.get("new_classes"))
     gate = {
         **decision,
         "active_model": spec.get("active_model_ref"),
@@ -297,15 +320,21 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
     tmp = folder / ".gate.json.tmp"
     tmp.write_text(json.dumps(gate, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, folder / "gate.json")
+    state = VersionState.gate_passed if decision["passed"] else VersionState.gate_failed
+    reason = "; ".join(decision["reasons"][:3])
+    # The state goes into the card first, so that a fresh database reads it from disk too.
+    write_card_state(folder, state.value, reason=reason)
     options = RuntimeOptions(providers="cpu", intra_op_threads=1)
-    registry = ModelRegistry(settings.models_dir, factory, options)
+    registry = ModelRegistry(settings.models_dir, factory, options, trained_dir=settings.trained_models_path)
     registry.scan()  # registers the new version's row (its card is read, not yet loaded)
+    registry.set_state(name, version, state.value, reason=reason)
     activated = False
     activation_error = None
     if params.get("auto_activate"):
         if decision["passed"]:
             try:
-                registry.activate(name, version)  # validates by loading, then marks it active in the DB
+                registry.activate(name, version, user_id=params.get("created_by"),
+                                  reason=f"retrain job {spec['job_id']}: auto_activate after passing the gate")
                 activated = True
             except Exception as exc:  # an invalid export must not fail the job's bookkeeping
                 activation_error = str(getattr(exc, "message", exc))
@@ -314,7 +343,8 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
         else:
             logger.info("candidate %s/%s did not pass the gate: %s", name, version, decision["reasons"])
     return {
-        "model": {"name": name, "version": version, "path": str(folder)},
+        "model": {"name": name, "version": version, "path": str(folder), "state": (
+            VersionState.released.value if activated else state.value)},
         "gate": gate,
         "activated": activated,
         "activation_error": activation_error,

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     # Model selection: when nothing is activated in the database, the newest version of this name is used.
     default_model: str | None = None
+    # Where retrain jobs write the versions they train (candidates until their gate passes); default
+    # data_dir/models. Never the releases folder above (the installed package may be read only and shared).
+    trained_models_dir: Path | None = None
 
     # Upload and decoding limits.
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -217,6 +220,11 @@ class Settings(BaseSettings):
     def media_path(self) -> Path:
         assert self.media_dir is not None
         return self.media_dir
+
+    @property
+    def trained_models_path(self) -> Path:
+        """The folder of trained model versions (``trained_models_dir``, else data_dir/models)."""
+        return self.trained_models_dir if self.trained_models_dir is not None else self.data_dir / "models"
 
     @property
     def jobs_path(self) -> Path:

@@ -69,6 +69,28 @@ class ModelVersion(Base):
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(default=None)
     card: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # service.versions: candidate, gate_passed, gate_failed, released, retired (None: not yet read from disk).
+    state: Mapped[str | None] = mapped_column(String(16), default=None)
+    # release (the read-only models folder) or trained (the data folder's trained models folder).
+    origin: Mapped[str | None] = mapped_column(String(16), default=None)
+    state_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    state_changed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ModelActivation(Base):
+    """One activation of a model version: who, why, and whether a gate had to be overridden (``forced``)."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str | None] = mapped_column(String(16), default=None)  # the version's state when activated
+    previous: Mapped[str | None] = mapped_column(String(130), default=None)  # "name/version" active before
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 # -- users ---------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ class Worker:
 
                 spec = retrain.prepare(job.id, job.params, factory=self.factory, settings=self.settings,
                                        work_dir=work)
-                self._log(job.id, f"training {spec['name']}/{spec['version']} from {spec['base_dataset']}"
+                self._log(job.id, f"training {spec['name']}/{spec['version']} from "
+                          f"{spec['base_dataset'] or 'the active model and its replay kit (last layer only)'}"
                           f" + {spec['observations_exported']['observations']} validated observations "
                           f"({spec['observations_exported']['photos']} photos)")
                 cmd = [sys.executable, "-m", "training.worker_entry", str(work / "spec.json")]

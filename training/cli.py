@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_ensemble(subparsers)
     _register_predict(subparsers)
     _register_fit_answers(subparsers)
+    from training.replay import register_replay
+
+    register_replay(subparsers)  # pollinid replay build
 
 
 # -- train --------------------------------------------------------------------------------------------

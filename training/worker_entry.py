@@ -86,21 +86,18 @@ def _read_base(source: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     return splits, taxonomy
 
 
-def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
-    """Write the merged manifest and taxonomy for training; return what went in (the data report)."""
+def split_observations(spec: dict[str, Any], base_classes: list[str], taxonomy: dict[str, Any]) -> dict[str, Any]:
+    """The validated observations' photos: which classes they bring, and the train / held-out split.
+
+    A label the base (or the active model) lacks becomes a new class with ``min_new_class_photos`` photos;
+    fewer are listed in ``below``, never dropped silently. The split is by observer (and observation); each new
+    class keeps training photos and, when it has photos of two groups or more, gets held-out photos of its own
+    (up to ``gate_min_class_support``) so that the gate judges it on photos it never trained on.
+    """
     from service.taxonomy import read_taxonomy_csv
     from training.data import Sample, group_split, read_manifest
 
-    work = Path(spec["work_dir"])
     seed = int(spec.get("seed", 0))
-    base_splits, taxonomy = _read_base(Path(spec["base_dataset"]))
-    base_train = list(base_splits.get("train", []))
-    base_valid = list(base_splits.get("valid", []))
-    base_test = list(base_splits.get("test", []))
-    base_classes = sorted({s.label for s in base_train})
-    if not base_valid:  # no validation split: hold one out of the base training photos, by group
-        base_train, base_valid = group_split(base_train, float(spec["gate_holdout"]), seed=seed)
-
     obs: list[Any] = []
     if spec.get("observations_manifest"):
         for s in read_manifest(Path(spec["observations_manifest"])).get("train", []):
@@ -117,13 +114,53 @@ def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     below = {label: n for label, n in sorted(counts.items()) if label not in base_classes and n < minimum}
     obs = [s for s in obs if s.label not in below]
     obs_train, obs_held = (group_split(obs, float(spec["gate_holdout"]), seed=seed) if obs else ([], []))
-    # A new species must keep training photos: if the split sent all of them to the held-out side, keep
-    # them for training (they are then not part of the gate's evaluation set).
+    # A new class must keep training photos: if the split sent all of them to the held-out side, keep
+    # them for training.
     train_labels = {s.label for s in obs_train}
     moved = [s for s in obs_held if s.label in new_classes and s.label not in train_labels]
     if moved:
         obs_held = [s for s in obs_held if s not in moved]
         obs_train += moved
+    # And it needs held-out photos of its own for the gate: move whole groups (observers, else observations)
+    # of that class to the held-out side while the class keeps more training photos than it holds out.
+    want = max(1, int(spec.get("gate_min_class_support", 3)))
+    for label in new_classes:
+        held = sum(1 for s in obs_held if s.label == label)
+        groups: dict[str, list[Any]] = {}
+        for s in obs_train:
+            if s.label == label:
+                groups.setdefault(s.observer or s.observation_id or str(s.path), []).append(s)
+        order = sorted(groups, key=lambda g: (len(groups[g]), g))
+        while held < want and len(order) > 1:
+            group = groups[order.pop(0)]
+            kept = sum(len(groups[g]) for g in order)
+            if kept < held + len(group):
+                break
+            obs_train = [s for s in obs_train if s not in group]
+            obs_held += group
+            held += len(group)
+    return {"all": obs, "train": obs_train, "held": obs_held, "counts": counts, "minimum": minimum,
+            "new_classes": new_classes, "below": below}
+
+
+def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """Write the merged manifest and taxonomy for training; return what went in (the data report)."""
+    from training.data import group_split
+
+    work = Path(spec["work_dir"])
+    seed = int(spec.get("seed", 0))
+    base_splits, taxonomy = _read_base(Path(spec["base_dataset"]))
+    base_train = list(base_splits.get("train", []))
+    base_valid = list(base_splits.get("valid", []))
+    base_test = list(base_splits.get("test", []))
+    base_classes = sorted({s.label for s in base_train})
+    if not base_valid:  # no validation split: hold one out of the base training photos, by group
+        base_train, base_valid = group_split(base_train, float(spec["gate_holdout"]), seed=seed)
+
+    obs_split = split_observations(spec, base_classes, taxonomy)
+    obs, obs_train, obs_held = obs_split["all"], obs_split["train"], obs_split["held"]
+    counts, minimum = obs_split["counts"], obs_split["minimum"]
+    new_classes, below = obs_split["new_classes"], obs_split["below"]
 
     manifest = work / "train_manifest.csv"
     rows = ([(s, "train") for s in base_train + obs_train] + [(s, "valid") for s in base_valid + obs_held]
@@ -173,8 +210,24 @@ def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[Any]) -> dict[str, Any]:
-    """Metrics of both models on the same photos (the classes both know), through ONNX Runtime."""
+def new_class_evaluation(candidate_dir: Path, samples: list[Any], new_classes: list[str]) -> dict[str, Any]:
+    """The candidate on the held-out photos of its new classes: ``{label: {recall, support}}`` and top-1."""
+    from training.evaluation import evaluate_model_dir
+
+    held = [s for s in samples if s.label in set(new_classes)]
+    if not held:
+        return {"photos": 0, "per_class": {label: {"recall": None, "support": 0} for label in new_classes}}
+    metrics = evaluate_model_dir(candidate_dir, held)["metrics"]
+    per_class = {label: {"recall": metrics["per_class"][label]["recall"] if label in metrics["per_class"] else None,
+                         "support": metrics["per_class"].get(label, {}).get("support", 0)}
+                 for label in new_classes}
+    return {"photos": len(held), "top1": metrics["top1"], "per_class": per_class}
+
+
+def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[Any],
+                    new_classes: list[str] | None = None) -> dict[str, Any]:
+    """Metrics of both models on the same photos (the classes both know), through ONNX Runtime; and the
+    candidate's on the held-out photos of its new classes (the active model has no score for them)."""
     from service.modelcard import ModelCard
     from training.evaluation import evaluate_model_dir
 
@@ -183,6 +236,8 @@ def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[
 
     cand_labels = set(ModelCard.load(candidate_dir).labels)
     out: dict[str, Any] = {}
+    if new_classes:
+        out["new_classes"] = new_class_evaluation(candidate_dir, samples, new_classes)
     full = [s for s in samples if s.label in cand_labels]
     if full:
         out["candidate_all"] = strip(evaluate_model_dir(candidate_dir, full)["metrics"])
@@ -224,6 +279,7 @@ def amend_card(export_dir: Path, spec: dict[str, Any], report: dict[str, Any]) -
         "new_classes": report["new_classes"],
         "classes_below_minimum": report["classes_below_minimum"],
         "previous_model": spec.get("active_model_ref"),
+        "strategy": report.get("strategy", "train"),
     }
     write_card(export_dir, card)
 
@@ -232,6 +288,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Do the whole child job; return the result written to ``result.json``."""
     from training.job import run_training
 
+    if spec.get("strategy") == "head":  # no base dataset: a new last layer on the active network
+        from training.head_retrain import run_head
+
+        return run_head(spec, emit)
     work = Path(spec["work_dir"])
     emit({"event": "progress", "stage": "data", "progress": 0.0, "message": "merging the base dataset "
           "with the validated observations"})
@@ -273,7 +333,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     emit({"event": "progress", "stage": "gate", "progress": 0.93,
           "message": "evaluating the candidate and the active model on the same photos"})
     active = Path(spec["active_model"]) if spec.get("active_model") else None
-    evaluation = gate_evaluation(export_dir, active, data["gate_samples"])
+    evaluation = gate_evaluation(export_dir, active, data["gate_samples"], report["new_classes"])
     amend_card(export_dir, spec, report)
     emit({"event": "progress", "stage": "gate", "progress": 0.98, "message": (
         f"gate set: {evaluation['photos']} photos; top-1 candidate "

@@ -10,12 +10,20 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from service.auth import Role
-from service.deps import RegistryDep, SessionDep, require_role
+from service.deps import CurrentUser, RegistryDep, SessionDep, require_role
 from service.errors import Conflict, NotFound
 from service.exports import model_accuracy
-from service.schemas.models import ModelVersionPublic, ModelVersionsPublic
+from service.schemas.models import (
+    ModelActivate,
+    ModelActivationPublic,
+    ModelActivationsPublic,
+    ModelRetire,
+    ModelVersionPublic,
+    ModelVersionsPublic,
+)
 from service.schemas.observations import ModelAccuracy
-from service.tables import ModelVersion
+from service.tables import ModelActivation, ModelVersion
+from service.versions import VersionState
 
 router = APIRouter(prefix="/admin/models", tags=["models"], dependencies=[Depends(require_role(Role.admin))])
 
@@ -47,6 +55,7 @@ def _versions(session: SessionDep, registry: RegistryDep) -> list[ModelVersionPu
         out.append(ModelVersionPublic(
             name=v["name"], version=v["version"], active=v["active"], loaded=v["loaded"],
             registered_at=v["registered_at"], activated_at=v["activated_at"], error=v["error"],
+            state=v.get("state"), origin=v.get("origin"), state_reason=v.get("state_reason"),
             architecture=card.get("architecture"), labels=list(card.get("labels") or []),
             metrics=dict(card.get("metrics") or {}), training=dict(card.get("training") or {}),
             live=ModelAccuracy.model_validate(acc) if acc else None, files=files,
@@ -56,17 +65,65 @@ def _versions(session: SessionDep, registry: RegistryDep) -> list[ModelVersionPu
 
 @router.get("", response_model=ModelVersionsPublic)
 def list_models(session: SessionDep, registry: RegistryDep) -> ModelVersionsPublic:
-    """Every registered version: metrics, which one is active, live accuracy on validated observations."""
+    """Every version, released and trained: state, metrics, which one is active, live accuracy."""
     registry.scan()  # pick up versions a worker exported since
     data = _versions(session, registry)
     return ModelVersionsPublic(data=data, count=len(data))
 
 
+@router.get("/activations", response_model=ModelActivationsPublic)
+def list_activations(session: SessionDep, limit: int = Query(100, ge=1, le=1000),
+                     offset: int = Query(0, ge=0)) -> ModelActivationsPublic:
+    """Every activation, newest first: which version, its state then, who, why, and whether it was forced."""
+    rows = session.scalars(select(ModelActivation).order_by(ModelActivation.id.desc())
+                           .limit(limit).offset(offset)).all()
+    count = len(session.scalars(select(ModelActivation.id)).all())
+    out = ModelActivationsPublic(data=[ModelActivationPublic.model_validate(r) for r in rows], count=count)
+    session.rollback()
+    return out
+
+
+def _one(session: SessionDep, version: str, name: str | None) -> tuple[str, str]:
+    stmt = select(ModelVersion.name, ModelVersion.version).where(ModelVersion.version == version)
+    if name is not None:
+        stmt = stmt.where(ModelVersion.name == name)
+    rows = [tuple(r) for r in session.execute(stmt).all()]
+    session.rollback()
+    if not rows:
+        raise NotFound(f"no model version {version!r}" + (f" of model {name!r}" if name else ""))
+    if len(rows) > 1:
+        raise Conflict(f"several models have version {version!r}: {sorted(r[0] for r in rows)}; "
+                       "say which with ?name=")
+    return (str(rows[0][0]), str(rows[0][1]))
+
+
+@router.post("/{version}/retire", response_model=ModelVersionPublic)
+async def retire_model(version: str, session: SessionDep, registry: RegistryDep,
+                       body: ModelRetire | None = None,
+                       name: str | None = Query(None, description="needed when several models have this "
+                                                "version")) -> ModelVersionPublic:
+    """Retire a version that is not active: it is never activated by default again (only with force)."""
+    await run_in_threadpool(registry.scan)
+    target = _one(session, version, name)
+    await run_in_threadpool(registry.set_state, *target, VersionState.retired.value,
+                            reason=body.reason if body else None)
+    for v in _versions(session, registry):
+        if (v.name, v.version) == target:
+            return v
+    raise NotFound(f"model {target[0]}/{target[1]} vanished")  # pragma: no cover
+
+
 @router.post("/{version}/activate", response_model=ModelVersionPublic)
 async def activate_model(version: str, session: SessionDep, registry: RegistryDep,
+                         user: CurrentUser, body: ModelActivate | None = None,
                          name: str | None = Query(None, description="needed when several models have this "
                                                   "version")) -> ModelVersionPublic:
-    """Activate a version (or roll back to an older one); every process swaps to it within seconds."""
+    """Activate a version (or roll back to an older one); every process swaps to it within seconds.
+
+    A candidate, a version that failed its gate or a retired one answers 409 unless the body says
+    ``{"force": true, "reason": "..."}``; the activation is recorded with the admin and the reason.
+    """
+    user_id = user.id  # read before the transaction ends (a rollback expires the row)
     stmt = select(ModelVersion.name, ModelVersion.version).where(ModelVersion.version == version)
     if name is not None:
         stmt = stmt.where(ModelVersion.name == name)
@@ -81,7 +138,9 @@ async def activate_model(version: str, session: SessionDep, registry: RegistryDe
         raise Conflict(f"several models have version {version!r}: {sorted(r[0] for r in rows)}; "
                        "say which with ?name=")
     target = (str(rows[0][0]), str(rows[0][1]))
-    await run_in_threadpool(registry.activate, *target)  # InvalidModel: 422
+    options = body or ModelActivate(force=False, reason=None)
+    await run_in_threadpool(lambda: registry.activate(*target, force=options.force, user_id=user_id,
+                                                      reason=options.reason))  # InvalidModel: 422
     for v in _versions(session, registry):
         if (v.name, v.version) == target:
             return v

@@ -95,10 +95,12 @@ class RetrainCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_dataset: str = Field(
-        min_length=1, max_length=4096,
+    base_dataset: str | None = Field(
+        None, min_length=1, max_length=4096,
         description="a folder (ImageFolder) or a .csv/.json manifest inside one of the server's retrain data "
-                    "folders (POLLINID_RETRAIN_DATA_ROOTS); a relative path is taken inside them",
+                    "folders (POLLINID_RETRAIN_DATA_ROOTS); a relative path is taken inside them. Omitted: "
+                    "retrain the active model's last layer from validated observations and its replay kit "
+                    "(no original photos needed)",
     )
     include_observations: bool = Field(True, description="add the photos of validated observations")
     observations_since: datetime | None = Field(None, description="only observations validated since")
@@ -128,6 +130,8 @@ class RetrainCreate(BaseModel):
     tolerance: float = Field(0.01, ge=0, le=1, description="overall top-1 drop allowed")
     class_margin: float = Field(0.05, ge=0, le=1, description="per-class accuracy drop allowed")
     min_class_support: int = Field(3, ge=1, le=100_000, description="photos a class needs to be gated")
+    new_class_min_recall: float = Field(
+        0.5, ge=0, le=1, description="accuracy each new class must reach on its own held-out photos")
     workers: int = Field(2, ge=0, le=64, description="data-loading processes")
     threads: int = Field(0, ge=0, le=1024, description="torch CPU threads (0: default)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")

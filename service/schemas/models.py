@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.observations import ModelAccuracy
 
@@ -18,6 +18,10 @@ class ModelVersionPublic(BaseModel):
     registered_at: datetime
     activated_at: datetime | None
     error: str | None = Field(description="why this version cannot serve, if it cannot")
+    state: str | None = Field(None, description="candidate, gate_passed, gate_failed, released or retired")
+    origin: str | None = Field(None, description="release (the read-only models folder) or trained (the data "
+                               "folder's trained models)")
+    state_reason: str | None = None
     architecture: str | None
     labels: list[str]
     metrics: dict[str, Any] = Field(description="metrics on its evaluation set (card), per_class incl.")
@@ -28,4 +32,39 @@ class ModelVersionPublic(BaseModel):
 
 class ModelVersionsPublic(BaseModel):
     data: list[ModelVersionPublic]
+    count: int
+
+
+class ModelActivate(BaseModel):
+    """Options of an activation. A candidate, a version that failed its gate or a retired one needs ``force``
+    and a ``reason``; both are recorded with the admin's name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+    reason: str | None = Field(None, max_length=2000)
+
+
+class ModelRetire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=2000)
+
+
+class ModelActivationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    version: str
+    state: str | None = Field(description="the version's state when it was activated")
+    previous: str | None = Field(description="the version active before (name/version)")
+    user_id: int | None = Field(description="who activated it (None: the service itself)")
+    forced: bool = Field(description="a candidate, failed or retired version activated with force")
+    reason: str | None
+    at: datetime
+
+
+class ModelActivationsPublic(BaseModel):
+    data: list[ModelActivationPublic]
     count: int

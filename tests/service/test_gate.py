@@ -46,3 +46,20 @@ def test_one_class_dropping_more_than_the_margin_fails_even_when_overall_improve
 def test_no_active_model_passes() -> None:
     out = compare(metrics(0.3, {"a": (0.3, 10)}), None, GateConfig())
     assert out["passed"] is True and out["overall"]["top1"]["active"] is None
+
+
+def test_new_classes_are_judged_on_their_own_held_out_photos() -> None:
+    from service.gate import GateConfig, compare
+
+    same = {"top1": 0.9, "per_class": {"a": {"recall": 0.9, "support": 10}}}
+    new = {"per_class": {"bombus": {"recall": 0.4, "support": 5}, "vespidae": {"recall": 0.9, "support": 5},
+                         "syrphidae": {"recall": 0.0, "support": 2}}}
+    out = compare(same, same, GateConfig(new_class_min_recall=0.5), new)
+    assert not out["passed"]
+    rows = {r["label"]: r for r in out["new_classes"]}
+    assert not rows["bombus"]["passed"] and rows["vespidae"]["passed"]
+    assert not rows["syrphidae"]["checked"] and rows["syrphidae"]["passed"]  # too few photos: reported only
+    assert any("['bombus']" in reason for reason in out["reasons"])
+    assert any("syrphidae" in reason and "not gated" in reason for reason in out["reasons"])
+    assert compare(same, same, GateConfig(new_class_min_recall=0.4), new)["passed"]
+    assert not compare(same, None, GateConfig(new_class_min_recall=0.5), new)["passed"]  # no active model

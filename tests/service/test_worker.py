@@ -125,7 +125,7 @@ def test_cancel_stops_the_training_child(setup: tuple[Settings, sessionmaker[Ses
     thread.start()
     try:
         child = wait_for(lambda: _child_pid(factory, job_id, 1), timeout=60)
-        reserved = settings.models_dir / "tiny" / "2"
+        reserved = settings.trained_models_path / "tiny" / "2"
         assert reserved.is_dir()  # the candidate's version folder is reserved
         with factory() as session:
             jobs.request_cancel(session=session, job_id=job_id)
@@ -156,7 +156,8 @@ def test_a_failing_child_fails_the_job_with_its_reason(setup: tuple[Settings, se
     row = _row(factory, job_id)
     assert row.state == "failed"
     assert "unknown backbone 'no_such_net'" in (row.error or "") and "tiny_cnn" in (row.error or "")
-    assert not (settings.models_dir / "tiny" / "2").exists()
+    assert not (settings.trained_models_path / "tiny" / "2").exists()
+    assert not (settings.models_dir / "tiny" / "2").exists()  # never in the releases
 
 
 def test_serve_has_a_with_worker_flag() -> None:

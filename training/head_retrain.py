@@ -1,0 +1,163 @@
+"""The retrain child's body when there is no base dataset: a new last layer on the active network.
+
+Run by :func:`training.worker_entry.run` when the spec's ``strategy`` is ``head`` (the request gave no base
+dataset; the service checked that the active model has a replay kit). See :mod:`training.replay` for the
+method. The result has the same shape as a full retrain's, so the service's gate and registration are the same:
+the old classes are compared on the replay kit's evaluation features and the held-out validated photos of old
+classes (the backbone is the same network, so features give exactly the logits ONNX Runtime gives), the new
+classes on their own held-out photos.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _strip(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not isinstance(v, float) or v == v}  # drop NaN
+
+
+def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
+    """Fit, export and evaluate the candidate; return ``{"data", "training", "gate_evaluation"}``."""
+    from service.modelcard import ModelCard
+    from training.metrics import compute_metrics
+    from training.replay import FeatureExtractor, fit_head, load_kit, logits_of, write_head_model
+    from training.worker_entry import amend_card, split_observations
+
+    start = time.perf_counter()
+    if not spec.get("active_model") or not spec.get("replay_kit"):
+        raise ValueError("a retrain without a base dataset needs the active model and its replay kit")
+    active_dir = Path(spec["active_model"])
+    export_dir = Path(spec["export_dir"])
+    threads = int(spec["train"].get("threads") or 0)
+    card = ModelCard.load(active_dir)
+    kit = load_kit(Path(spec["replay_kit"]))
+    if kit.labels != list(card.labels):
+        raise ValueError(f"the replay kit {spec['replay_kit']} has other labels than {card.name}/{card.version}")
+    emit({"event": "progress", "stage": "data", "progress": 0.0,
+          "message": "reading the validated observations (no base dataset: last-layer retrain)"})
+    taxonomy: dict[str, Any] = {}
+    split = split_observations(spec, list(card.labels), taxonomy)
+    new_classes: list[str] = split["new_classes"]
+    labels = list(card.labels) + new_classes
+    index = {label: i for i, label in enumerate(labels)}
+    extractor = FeatureExtractor(active_dir, threads=threads)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    train = split["train"]
+    emit({"event": "progress", "stage": "features", "progress": 0.05,
+          "message": f"features of {len(train)} training photos (and their mirror views)"})
+    train_f, train_k = extractor.features([s.path for s in train], flip=True)
+    held = split["held"]
+    held_f, held_k = extractor.features([s.path for s in held])
+    timings["features_seconds"] = round(time.perf_counter() - t0, 2)
+
+    x = np.concatenate([kit.train_features, train_f])
+    y = np.concatenate([kit.train_labels, np.array([index[train[i].label] for i in train_k], np.int64)])
+    emit({"event": "progress", "stage": "train", "progress": 0.5,
+          "message": f"fitting the last layer: {len(card.labels)} old rows kept, {len(new_classes)} new"})
+    t0 = time.perf_counter()
+    weight, bias, fit = fit_head(extractor.head.weight, extractor.head.bias, x, y, len(new_classes),
+                                 seed=int(spec.get("seed", 0)))
+    timings["fit_seconds"] = round(time.perf_counter() - t0, 2)
+
+    # The gate's photos: the kit's evaluation features plus the held-out validated photos.
+    t = card.calibration.temperature
+    held_labels = [held[i].label for i in held_k]
+    old_mask = np.array([label in card.labels for label in held_labels], dtype=bool)
+    eval_f = np.concatenate([kit.eval_features, held_f[old_mask]]) if len(held_f) else kit.eval_features
+    eval_y = np.concatenate([kit.eval_labels, np.array([index[label] for label, m in zip(held_labels, old_mask,
+                                                                                       strict=True) if m],
+                                                        np.int64)])
+    cand = _strip(compute_metrics(logits_of(eval_f, weight, bias), eval_y, labels, {}, temperature=t))
+    active = _strip(compute_metrics(logits_of(eval_f, extractor.head.weight, extractor.head.bias), eval_y,
+                                    card.labels, {}, temperature=t))
+    common = set(card.labels)
+    for metrics in (cand, active):
+        metrics["per_class"] = {k: v for k, v in metrics["per_class"].items() if k in common}
+    new_mask = ~old_mask if len(held_f) else np.zeros(0, bool)
+    new_eval: dict[str, Any] = {"photos": int(new_mask.sum()), "per_class": {}}
+    if new_mask.any():
+        new_y = np.array([index[label] for label, m in zip(held_labels, new_mask, strict=True) if m], np.int64)
+        new_logits = logits_of(held_f[new_mask], weight, bias)
+        preds = new_logits.argmax(axis=1)
+        new_eval["top1"] = float((preds == new_y).mean())
+    for label in new_classes:
+        k = index[label]
+        if new_mask.any():
+            support = int((new_y == k).sum())
+            new_eval["per_class"][label] = {"support": support,
+                                            "recall": float((preds[new_y == k] == k).mean()) if support else None}
+        else:
+            new_eval["per_class"][label] = {"support": 0, "recall": None}
+    all_f = np.concatenate([eval_f, held_f[new_mask]]) if new_mask.any() else eval_f
+    all_y = np.concatenate([eval_y, new_y]) if new_mask.any() else eval_y
+    cand_all = _strip(compute_metrics(logits_of(all_f, weight, bias), all_y, labels, {}, temperature=t))
+
+    new_taxonomy = {**card.taxonomy, **{label: taxonomy[label] for label in new_classes if label in taxonomy}}
+    data = card.model_dump(mode="python")
+    data.update(version=spec["version"], name=spec["name"], created=datetime.now(UTC), labels=labels,
+                taxonomy=new_taxonomy, metrics={k: v for k, v in cand_all.items() if k != "per_class"},
+                status=None, status_reason=None)
+    data["training"] = {
+        "strategy": "head",
+        "base_model": f"{card.name}/{card.version}",
+        "replay_kit": {"path": spec["replay_kit"], **{k: kit.meta.get(k) for k in
+                                                     ("train_photos", "eval_photos", "per_class", "bytes")}},
+        "head_fit": fit,
+        "evaluation_photos": len(all_y),
+        "timings": timings,
+        "base_training": {k: card.training.get(k) for k in ("data_source", "data_hash", "config")
+                          if k in card.training},
+    }
+    new_card = ModelCard.model_validate(data)
+    emit({"event": "progress", "stage": "export", "progress": 0.85, "message": "writing the candidate"})
+    write_head_model(active_dir, export_dir, weight, bias, new_card)
+
+    # Parity: the exported network gives the logits the features said it would.
+    parity = None
+    if len(held_f):
+        from service.classifier import RuntimeOptions, load_classifier
+        from service.imaging import decode_image
+        from service.preprocess import decode_min_side, preprocess
+
+        clf = load_classifier(export_dir, RuntimeOptions(providers="cpu"))
+        photos = [held[i].path for i in held_k[:4]]
+        batch = np.stack([preprocess(decode_image(Path(p).read_bytes(),
+                                                  min_side=decode_min_side(new_card.input)).image, new_card.input)
+                          for p in photos])
+        parity = float(np.abs(clf.run(batch) - logits_of(held_f[:4], weight, bias)).max())
+        if parity > 1e-2:
+            raise RuntimeError(f"the exported last layer does not reproduce its logits (max diff {parity:.4f})")
+    report = {
+        "strategy": "head",
+        "base_dataset": None,
+        "base_classes": list(card.labels),
+        "base_photos": {"replay_train": len(kit.train_labels), "replay_eval": len(kit.eval_labels)},
+        "validated_observations": len({s.observation_id for s in split["all"]}),
+        "validated_photos": len(split["all"]),
+        "validated_observations_exported": spec.get("observations_exported"),
+        "observation_photos": {"train": len(train), "held_out": len(held)},
+        "observers": len({s.observer for s in split["all"]}),
+        "new_classes": new_classes,
+        "new_class_photos": {c: split["counts"][c] for c in new_classes},
+        "min_new_class_photos": split["minimum"],
+        "classes_below_minimum": split["below"],
+        "classes": labels,
+        "evaluation_photos": {"replay_eval": len(kit.eval_labels), "observations_held_out": len(held_k)},
+    }
+    amend_card(export_dir, spec, report)
+    evaluation = {"candidate": cand, "active": active, "candidate_all": cand_all, "new_classes": new_eval,
+                  "photos": len(eval_y), "common_labels": sorted(common)}
+    emit({"event": "progress", "stage": "gate", "progress": 0.98, "message": (
+        f"gate set: {len(eval_y)} photos of old classes; top-1 candidate {cand['top1']:.4f}, active "
+        f"{active['top1']:.4f}; new classes {new_eval.get('top1', float('nan')):.4f} on {new_eval['photos']}")})
+    training = {"status": "succeeded", "strategy": "head", "fit": fit, "timings": timings, "parity_max_diff": parity,
+                "seconds": round(time.perf_counter() - start, 2), "export": str(export_dir)}
+    return {"data": report, "training": training, "gate_evaluation": evaluation}
