@@ -22,6 +22,21 @@ def _strip(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, float) or v == v}  # drop NaN
 
 
+def carry_kit(kit_path: Path, export_dir: Path, meta: dict[str, Any]) -> None:
+    """The candidate keeps the release's backbone, so the release's kit serves it too: copy it, bound to the
+    candidate's network (a next retrain without base photos then starts from the candidate)."""
+    import json
+    import shutil
+
+    from service.modelcard import ONNX_FILENAME
+    from training.replay import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
+
+    shutil.copyfile(kit_path, export_dir / REPLAY_FILENAME)
+    carried = {**meta, "model_sha256": file_sha256(export_dir / ONNX_FILENAME),
+               "carried_from": meta.get("carried_from") or meta.get("model")}
+    (export_dir / REPLAY_META_FILENAME).write_text(json.dumps(carried, indent=2) + "\n", encoding="utf-8")
+
+
 def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     """Fit, export and evaluate the candidate; return ``{"data", "training", "gate_evaluation"}``."""
     from service.modelcard import ModelCard
@@ -37,16 +52,27 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     threads = int(spec["train"].get("threads") or 0)
     card = ModelCard.load(active_dir)
     kit = load_kit(Path(spec["replay_kit"]))
-    if kit.labels != list(card.labels):
-        raise ValueError(f"the replay kit {spec['replay_kit']} has other labels than {card.name}/{card.version}")
+    # The kit's labels are the release's: their rows stay fixed. Classes an earlier last-layer retrain added
+    # (after them in the active card) are learnt again from all validated photos, so that they improve as
+    # photos arrive; one with no photo now keeps its row.
+    frozen = list(kit.labels)
+    if list(card.labels[:len(frozen)]) != frozen:
+        raise ValueError(f"the replay kit {spec['replay_kit']} does not hold the first labels of "
+                         f"{card.name}/{card.version}")
     emit({"event": "progress", "stage": "data", "progress": 0.0,
           "message": "reading the validated observations (no base dataset: last-layer retrain)"})
     taxonomy: dict[str, Any] = {}
     split = split_observations(spec, list(card.labels), taxonomy)
     new_classes: list[str] = split["new_classes"]
-    labels = list(card.labels) + new_classes
+    learnt = list(card.labels[len(frozen):])
+    with_photos = {s.label for s in split["train"]}
+    kept = frozen + [label for label in learnt if label not in with_photos]
+    refit = [label for label in learnt if label in with_photos] + new_classes
+    labels = kept + refit
     index = {label: i for i, label in enumerate(labels)}
     extractor = FeatureExtractor(active_dir, threads=threads)
+    active_index = {label: i for i, label in enumerate(card.labels)}
+    fixed_rows = [active_index[label] for label in kept]
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -61,10 +87,12 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     x = np.concatenate([kit.train_features, train_f])
     y = np.concatenate([kit.train_labels, np.array([index[train[i].label] for i in train_k], np.int64)])
     emit({"event": "progress", "stage": "train", "progress": 0.5,
-          "message": f"fitting the last layer: {len(card.labels)} old rows kept, {len(new_classes)} new"})
+          "message": f"fitting the last layer: {len(kept)} rows kept, {len(refit)} learnt "
+                     f"({len(new_classes)} new classes)"})
     t0 = time.perf_counter()
-    weight, bias, fit = fit_head(extractor.head.weight, extractor.head.bias, x, y, len(new_classes),
-                                 seed=int(spec.get("seed", 0)))
+    weight, bias, fit = fit_head(extractor.head.weight[fixed_rows], extractor.head.bias[fixed_rows], x, y,
+                                 len(refit), seed=int(spec.get("seed", 0)))
+    fit.update(rows_kept=len(kept), rows_learnt=refit)
     timings["fit_seconds"] = round(time.perf_counter() - t0, 2)
 
     # The gate's photos: the kit's evaluation features plus the held-out validated photos.
@@ -72,11 +100,13 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     held_labels = [held[i].label for i in held_k]
     old_mask = np.array([label in card.labels for label in held_labels], dtype=bool)
     eval_f = np.concatenate([kit.eval_features, held_f[old_mask]]) if len(held_f) else kit.eval_features
-    eval_y = np.concatenate([kit.eval_labels, np.array([index[label] for label, m in zip(held_labels, old_mask,
-                                                                                       strict=True) if m],
-                                                        np.int64)])
+    old_held = [label for label, m in zip(held_labels, old_mask, strict=True) if m]
+    # Kit labels are the first labels of both networks: the same indices in both.
+    eval_y = np.concatenate([kit.eval_labels, np.array([index[label] for label in old_held], np.int64)])
+    eval_y_active = np.concatenate([kit.eval_labels, np.array([active_index[label] for label in old_held],
+                                                              np.int64)])
     cand = _strip(compute_metrics(logits_of(eval_f, weight, bias), eval_y, labels, {}, temperature=t))
-    active = _strip(compute_metrics(logits_of(eval_f, extractor.head.weight, extractor.head.bias), eval_y,
+    active = _strip(compute_metrics(logits_of(eval_f, extractor.head.weight, extractor.head.bias), eval_y_active,
                                     card.labels, {}, temperature=t))
     common = set(card.labels)
     for metrics in (cand, active):
@@ -153,6 +183,7 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
         "evaluation_photos": {"replay_eval": len(kit.eval_labels), "observations_held_out": len(held_k)},
     }
     amend_card(export_dir, spec, report)
+    carry_kit(Path(spec["replay_kit"]), export_dir, kit.meta)  # last: binds the kit to the final model.onnx
     evaluation = {"candidate": cand, "active": active, "candidate_all": cand_all, "new_classes": new_eval,
                   "photos": len(eval_y), "common_labels": sorted(common)}
     emit({"event": "progress", "stage": "gate", "progress": 0.98, "message": (

@@ -108,6 +108,31 @@ def test_retrain_without_base_photos_learns_a_new_class_and_keeps_the_old(head_e
     assert card["training"]["strategy"] == "head" and card["training"]["retrain"]["strategy"] == "head"
     assert card["labels"][-1] == "brimstone" and card["state"] == "released"
 
+    # A second round starts from the candidate (its kit was carried over): a new species joins, and brimstone,
+    # learnt by the first round, is learnt again from all its photos; the release's rows stay as they were.
+    for i, who in enumerate(("vol2", "vol3", "vol4", "vol5", "vol1")):
+        validated_observation(env, who, PURPLE, "Apatura iris", 9000 + i)
+    r = env.client.post("/api/v1/admin/retrain", headers=env.h("admin"), json=HEAD)
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["plan"]["active_model"] == "tiny/2"
+    assert r.json()["params"]["plan"]["new_classes"] == {"purple_emperor": 6}
+    assert worker.run_once() is True
+    job = env.client.get(f"/api/v1/admin/jobs/{r.json()['id']}", headers=env.h("admin")).json()
+    assert job["state"] == "succeeded", (job["error"], job["log_tail"][-15:])
+    assert job["result"]["gate"]["passed"], job["result"]["gate"]["reasons"]
+    fit = job["result"]["training"]["fit"]
+    assert fit["rows_kept"] == 3 and fit["rows_learnt"] == ["brimstone", "purple_emperor"]
+    import json
+
+    carried = json.loads((Path(job["result"]["model"]["path"]) / "replay.json").read_text())
+    assert carried["carried_from"] == "tiny/1"
+
+    def purple() -> dict | None:
+        r = env.client.post("/api/v1/identify", files={"images": ("p.jpg", jpeg(PURPLE, 8), "image/jpeg")})
+        return r.json() if r.json()["model"]["version"] == "3" else None
+
+    assert wait_for(purple, timeout=15)["results"][0]["taxon"]["label"] == "purple_emperor"
+
 
 def test_a_new_class_the_features_cannot_tell_apart_fails_the_gate(head_env: Env, tmp_path: Path) -> None:
     env = head_env
