@@ -206,3 +206,43 @@ def test_retrain_requests_bound_to_fail_are_refused_at_request_time(head_env: En
     r = env.client.post("/api/v1/admin/retrain", headers=admin,
                         json={**HEAD, "base_dataset": str(roots / "one"), "include_observations": False})
     assert r.status_code == 422 and "too few classes" in r.json()["error"]["message"]
+
+
+def test_new_classes_at_genus_family_and_species_rank_without_base_photos(head_env: Env, tmp_path: Path) -> None:
+    from service.modelcard import LabelTaxon, ModelCard
+    from service.taxa import sync_taxa
+
+    env = head_env
+    _kit(env, tmp_path)
+    with env.session() as s:
+        sync_taxa(s, {
+            "bombus": LabelTaxon(scientific_name="Bombus", rank="genus", genus="Bombus", family="Apidae",
+                                 order="Hymenoptera"),
+            "vespidae": LabelTaxon(scientific_name="Vespidae", rank="family", family="Vespidae", order="Hymenoptera"),
+        })
+        s.commit()
+    add_new_taxa(env)
+    orange = (240, 120, 20)
+    seed = 8000
+    for who in ("vol1", "vol2", "vol3", "vol4", "vol5"):
+        for color, taxon in ((YELLOW, "Bombus"), (PURPLE, "Vespidae"), (orange, "Gonepteryx rhamni")):
+            for _ in range(2):
+                seed += 1
+                validated_observation(env, who, color, taxon, seed)
+    validated_observation(env, "vol1", RED, "Apatura iris", 1)  # one photo of another species: too few
+    body = {**HEAD, "auto_activate": False}
+    r = env.client.post("/api/v1/admin/retrain", headers=env.h("admin"), json=body)
+    assert r.status_code == 201, r.text
+    plan = r.json()["params"]["plan"]
+    assert plan["new_classes"] == {"bombus": 10, "brimstone": 10, "vespidae": 10}
+    assert plan["below_minimum"] == {"purple_emperor": 1}
+    Worker(env.settings, env.app.state.sessionmaker, worker_id="head-worker").run_once()
+    job = env.client.get(f"/api/v1/admin/jobs/{r.json()['id']}", headers=env.h("admin")).json()
+    assert job["state"] == "succeeded", (job["error"], job["log_tail"][-15:])
+    assert job["result"]["data"]["classes_below_minimum"] == {"purple_emperor": 1}
+    card = ModelCard.load(Path(job["result"]["model"]["path"]))
+    ranks = {label: card.taxonomy[label].rank for label in ("bombus", "vespidae", "brimstone")}
+    assert ranks == {"bombus": "genus", "vespidae": "family", "brimstone": "species"}
+    assert card.training["retrain"]["classes_below_minimum"] == {"purple_emperor": 1}
+    judged = {row["label"]: row for row in job["result"]["gate"]["new_classes"]}
+    assert set(judged) == {"bombus", "vespidae", "brimstone"} and all(r["support"] >= 3 for r in judged.values())
