@@ -250,6 +250,14 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
     active_folder = None
     if active is not None and (Path(active[2]) / ONNX_FILENAME).is_file():
         active_folder = str(Path(active[2]).resolve())
+    plan = params.get("plan") or {}
+    kit = plan.get("replay_kit")
+    if plan.get("strategy") == "head" and active is not None:
+        # The kit of the version active now (another may have been activated since the request).
+        from service.retrain_plan import replay_kit
+
+        found = replay_kit(settings, active[0], active[1], Path(active[2]))
+        kit = str(found) if found is not None else None
     train = {
         "backbone": params["backbone"], "pretrained": params["pretrained"], "mode": params["mode"],
         "epochs": params["epochs"], "batch_size": params["batch_size"], "lr": params["lr"],
@@ -270,7 +278,7 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
         "min_new_class_photos": int(params.get("min_new_class_photos")
                                     or settings.retrain_min_new_class_photos),
         "strategy": (params.get("plan") or {}).get("strategy", "train"),
-        "replay_kit": (params.get("plan") or {}).get("replay_kit"),
+        "replay_kit": kit,
         "gate_holdout": params["gate_holdout"],
         "gate_min_class_support": int(params.get("min_class_support", 3)),
         "seed": params["seed"],
@@ -333,7 +341,7 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
     if params.get("auto_activate"):
         if decision["passed"]:
             try:
-                registry.activate(name, version, user_id=params.get("created_by"),
+                registry.activate(name, version,
                                   reason=f"retrain job {spec['job_id']}: auto_activate after passing the gate")
                 activated = True
             except Exception as exc:  # an invalid export must not fail the job's bookkeeping

@@ -17,7 +17,6 @@ The service never imports PyTorch nor the training package: the base dataset is 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from datetime import datetime
@@ -32,11 +31,10 @@ from service.exports import training_rows
 from service.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
 from service.settings import Settings
 from service.tables import ModelVersion, Taxon, TaxonLabel
+from service.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".gif", ".tif", ".tiff"})
 TRAIN_SPLITS = frozenset({"train", "training"})
-REPLAY_FILENAME = "replay.npz"
-REPLAY_META_FILENAME = "replay.json"
 
 
 def replay_kit(settings: Settings, name: str, version: str, folder: Path) -> Path | None:
@@ -46,14 +44,6 @@ def replay_kit(settings: Settings, name: str, version: str, folder: Path) -> Pat
         if candidate.is_file() and candidate.with_name(REPLAY_META_FILENAME).is_file():
             return candidate
     return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def base_classes(base: Path) -> dict[str, int]:

@@ -47,6 +47,20 @@ DEFAULT_STATES: tuple[str, ...] = (VersionState.released.value, VersionState.gat
 FORCE_STATES: frozenset[str] = frozenset({VersionState.candidate.value, VersionState.gate_failed.value,
                                           VersionState.retired.value})
 GATE_FILENAME = "gate.json"
+# A version's replay kit (training/replay.py): features for retrains without the original photos.
+REPLAY_FILENAME = "replay.npz"
+REPLAY_META_FILENAME = "replay.json"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (a replay kit is bound to its network's ``model.onnx``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def disk_state(card: Any, folder: Path, origin: str) -> str:

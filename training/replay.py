@@ -22,7 +22,6 @@ can only lose photos that a new class now claims, and a retrain takes seconds in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -34,13 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
+from service.modelcard import ONNX_FILENAME, ModelCard
+from service.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
 
 logger = logging.getLogger(__name__)
-
-REPLAY_FILENAME = "replay.npz"
-REPLAY_META_FILENAME = "replay.json"
-
 
 @dataclass
 class Head:
@@ -53,14 +49,6 @@ class Head:
     transposed: bool  # True: the initializer is stored (C, D) (Gemm transB=1); False: (D, C)
     weight: np.ndarray  # always (C, D)
     bias: np.ndarray  # (C,)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_head(model: Any, output_name: str | None = None) -> Head:
@@ -350,16 +338,6 @@ def write_head_model(src_folder: Path, dst_folder: Path, weight: np.ndarray, bia
     onnx.save(model, str(dst_folder / ONNX_FILENAME))
     write_card(dst_folder, card)
     return dst_folder / ONNX_FILENAME
-
-
-def kit_for(model_dir: Path, data_dir: Path | None = None) -> Path | None:
-    """The replay kit of a version folder: in it, else under ``<data_dir>/replay/<name>/<version>``."""
-    card = ModelCard.load(Path(model_dir) / CARD_FILENAME)
-    for candidate in ([Path(model_dir) / REPLAY_FILENAME]
-                      + ([Path(data_dir) / "replay" / card.name / card.version / REPLAY_FILENAME] if data_dir else [])):
-        if candidate.is_file() and candidate.with_name(REPLAY_META_FILENAME).is_file():
-            return candidate
-    return None
 
 
 def register_replay(subparsers: Any) -> None:
