@@ -1,4 +1,5 @@
-// pollinid admin page: model versions (metrics, per-class table, confusion matrix, activate / roll back),
+// pollinid admin page: model versions (origin, state, metrics, per-class table, confusion matrix, activate / roll
+// back, force activation with a reason, retire, activation history),
 // retrain and export jobs with live progress, users and keys. Plain ES module over the REST API.
 import { api, authedImageUrl, el, getKey, setupSignIn, showError } from "./api.js";
 
@@ -25,46 +26,196 @@ function fail(error) { showError($("admin-error"), error); }
 
 // -- models --------------------------------------------------------------------------------------------
 
+// States that activate with a plain click; the others need force and a reason (docs/retrain.md).
+const PLAIN_ACTIVATION = new Set(["released", "gate_passed"]);
+const STATE_TEXT = {
+  released: "released", gate_passed: "gate passed", gate_failed: "gate failed", candidate: "candidate",
+  retired: "retired",
+};
+let usersById = new Map();
+let lastActivations = null;
+let versionAction = null; // { kind: "force" | "retire", model }
+
+function modelRef(m) { return `${m.name}/${m.version}`; }
+function needsForce(m) { return Boolean(m.state) && !PLAIN_ACTIVATION.has(m.state); }
+
+function modelsMessage(text) {
+  $("models-status").textContent = text;
+}
+
+function modelsError(error) {
+  const box = $("models-error");
+  let text = error instanceof Error ? error.message : String(error);
+  if (error && error.status === 409 && error.body && error.body.error && error.body.error.detail
+      && error.body.error.detail.state) {
+    text = `${text.replace(/[.\s]*$/, "")}. Use “Force activate…” and give a reason to activate it anyway.`;
+  }
+  box.textContent = error && error.status ? `${text} (HTTP ${error.status})` : text;
+  box.classList.remove("hidden");
+}
+
+function clearModelsError() { $("models-error").classList.add("hidden"); }
+
+function stateBadges(m) {
+  const badges = [];
+  if (m.active) badges.push(el("span", { class: "status validated" }, "active"));
+  if (m.state) {
+    const title = m.state_reason ? `${STATE_TEXT[m.state] || m.state}: ${m.state_reason}` : null;
+    badges.push(el("span", { class: `status state-${m.state.replace(/[^a-z_]/g, "")}`, title }, STATE_TEXT[m.state] || m.state));
+  }
+  if (m.error) badges.push(el("span", { class: "status disputed", title: m.error }, "cannot serve"));
+  if (!badges.length) badges.push(el("span", { class: "status" }, "available"));
+  return el("div", { class: "badges" }, ...badges);
+}
+
 async function loadModels() {
   const body = await api("/api/v1/admin/models");
   const rows = body.data.map((m) => {
-    const ref = `${m.name}/${m.version}`;
-    const state = m.active ? "active" : (m.error ? "cannot serve" : "available");
-    const activate = m.active ? null : el("button", {
-      type: "button", class: "secondary", "aria-label": `Activate ${ref}`,
-      onclick: () => activateModel(m),
-      disabled: Boolean(m.error),
-    }, "Activate");
-    const details = el("button", {
+    const ref = modelRef(m);
+    const actions = [];
+    if (!m.active) {
+      if (needsForce(m)) {
+        actions.push(el("button", {
+          type: "button", class: "danger", "aria-label": `Force activate ${ref}`,
+          onclick: () => openVersionAction("force", m), disabled: Boolean(m.error),
+        }, "Force activate…"));
+      } else {
+        actions.push(el("button", {
+          type: "button", class: "secondary", "aria-label": `Activate ${ref}`,
+          onclick: () => activateModel(m), disabled: Boolean(m.error),
+        }, "Activate"));
+      }
+      if (m.state !== "retired") {
+        actions.push(el("button", {
+          type: "button", class: "secondary", "aria-label": `Retire ${ref}`,
+          onclick: () => openVersionAction("retire", m),
+        }, "Retire…"));
+      }
+    }
+    actions.push(el("button", {
       type: "button", class: "secondary", "aria-label": `Details of ${ref}`,
       onclick: () => showModel(m),
-    }, "Details");
-    return el("tr", { "data-version": ref },
+    }, "Details"));
+    return el("tr", { "data-version": ref, "data-state": m.state || "" },
       el("th", { scope: "row" }, ref),
-      el("td", {}, el("span", { class: `status ${m.active ? "validated" : ""}` }, state)),
+      el("td", {}, m.origin || "–"),
+      el("td", {}, stateBadges(m)),
       el("td", {}, pct(m.metrics.top1)),
       el("td", {}, pct(m.metrics.top3)),
       el("td", {}, fmt(m.metrics.ece)),
       el("td", {}, m.live ? `${pct(m.live.top1_accuracy)} of ${m.live.validated}` : "–"),
-      el("td", {}, el("div", { class: "row" }, activate, details)));
+      el("td", {}, el("div", { class: "row" }, ...actions)));
   });
   $("models").replaceChildren(...rows);
-  $("models-status").textContent = `${body.count} version(s)`;
+  modelsMessage(`${body.count} version(s)`);
+  if (versionAction) {
+    const again = body.data.find((m) => m.name === versionAction.model.name && m.version === versionAction.model.version);
+    if (!again || again.active) closeVersionAction();
+  }
   if (selectedModel) {
     const again = body.data.find((m) => m.name === selectedModel.name && m.version === selectedModel.version);
     if (again) await showModel(again);
   }
+  await loadActivations();
 }
 
 async function activateModel(model) {
   clearError();
-  $("models-status").textContent = `Activating ${model.name}/${model.version}…`;
+  clearModelsError();
+  const ref = modelRef(model);
+  modelsMessage(`Activating ${ref}…`);
   try {
     const query = { name: model.name };
     await api(`/api/v1/admin/models/${encodeURIComponent(model.version)}/activate`, { method: "POST", query });
     await loadModels();
-    $("models-status").textContent = `${model.name}/${model.version} is now active.`;
-  } catch (error) { fail(error); }
+    modelsMessage(`${ref} is now active.`);
+  } catch (error) {
+    modelsMessage("");
+    modelsError(error);
+    // A 409 means the version's state changed since the list was drawn (retired, say): redraw it.
+    if (error && error.status === 409) await loadModels().catch(fail);
+  }
+}
+
+function openVersionAction(kind, model) {
+  clearModelsError();
+  versionAction = { kind, model };
+  const ref = modelRef(model);
+  const state = STATE_TEXT[model.state] || model.state || "unknown";
+  const force = kind === "force";
+  $("version-action-title").textContent = force ? `Force activate ${ref} (${state})` : `Retire ${ref}`;
+  const why = { gate_failed: "failed its non-regression gate", candidate: "has not been judged by the gate yet",
+    retired: "was retired by an admin" }[model.state] || `is ${state}`;
+  $("version-action-help").textContent = force
+    ? `${ref} ${why}. Activating it anyway serves it to every request; the reason is recorded with your name in `
+      + "the activation history. Forcing does not change its state."
+    : `A retired version is never activated by default again (only with force and a reason).`;
+  $("version-action-label").textContent = force ? "Reason (required, recorded with your name)" : "Reason (optional)";
+  $("version-action-submit").textContent = force ? "Force activate" : "Retire";
+  $("version-action-submit").setAttribute("aria-label", force ? `Confirm force activation of ${ref}` : `Confirm retiring ${ref}`);
+  $("version-action-reason").value = "";
+  $("version-action-error").classList.add("hidden");
+  $("version-action").classList.remove("hidden");
+  $("version-action-reason").focus();
+}
+
+function closeVersionAction() {
+  versionAction = null;
+  $("version-action").classList.add("hidden");
+  $("version-action-error").classList.add("hidden");
+}
+
+async function submitVersionAction(event) {
+  event.preventDefault();
+  if (!versionAction) return;
+  const { kind, model } = versionAction;
+  const ref = modelRef(model);
+  const reason = $("version-action-reason").value.trim();
+  const errorBox = $("version-action-error");
+  errorBox.classList.add("hidden");
+  clearModelsError();
+  const query = { name: model.name };
+  const path = `/api/v1/admin/models/${encodeURIComponent(model.version)}/${kind === "force" ? "activate" : "retire"}`;
+  // The reason is sent as typed (even empty): the API, not the page, decides what a forced activation needs.
+  const json = kind === "force" ? { force: true, reason } : (reason ? { reason } : undefined);
+  const button = $("version-action-submit");
+  button.disabled = true;
+  try {
+    await api(path, { method: "POST", query, json });
+    closeVersionAction();
+    await loadModels();
+    modelsMessage(kind === "force" ? `${ref} is now active (forced).` : `${ref} is retired.`);
+  } catch (error) {
+    errorBox.textContent = `${error instanceof Error ? error.message : String(error)}`
+      + (error && error.status ? ` (HTTP ${error.status})` : "");
+    errorBox.classList.remove("hidden");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function userName(id) {
+  if (id === null || id === undefined) return "the service (default at start)";
+  const user = usersById.get(id);
+  return user ? user.name : `user #${id}`;
+}
+
+function renderActivations() {
+  if (!lastActivations) return;
+  const rows = lastActivations.data.map((a) => el("tr", { "data-activation": String(a.id) },
+    el("td", {}, el("time", { datetime: a.at }, new Date(a.at).toLocaleString())),
+    el("th", { scope: "row" }, `${a.name}/${a.version}`),
+    el("td", {}, a.state ? (STATE_TEXT[a.state] || a.state) : "–"),
+    el("td", {}, a.forced ? el("span", { class: "status disputed" }, "forced") : "no"),
+    el("td", {}, userName(a.user_id)),
+    el("td", { class: "reason" }, a.reason || "–"),
+    el("td", {}, a.previous || "–")));
+  $("activations").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7 }, "No activation recorded yet."))]));
+}
+
+async function loadActivations() {
+  lastActivations = await api("/api/v1/admin/models/activations", { query: { limit: 20 } });
+  renderActivations();
 }
 
 async function showModel(model) {
@@ -98,7 +249,9 @@ async function showModel(model) {
 // -- jobs ----------------------------------------------------------------------------------------------
 
 function jobTitle(job) {
-  return job.kind === "export" ? `#${job.id} export ${job.params.kind}` : `#${job.id} retrain ${job.params.name || ""}`;
+  if (job.kind === "export") return `#${job.id} export ${job.params.kind}`;
+  const head = job.params.plan && job.params.plan.strategy === "head" ? " (last layer)" : "";
+  return `#${job.id} retrain ${job.params.name || ""}${head}`;
 }
 
 async function download(job) {
@@ -188,25 +341,98 @@ async function loadJobs() {
   if (finishedRetrain) await loadModels();
 }
 
+function labelCounts(counts) {
+  const entries = Object.entries(counts || {});
+  return entries.length ? entries.map(([label, n]) => (n >= 0 ? `${label} (${n} photo${n === 1 ? "" : "s"})` : label)).join(", ") : "none";
+}
+
+/** The 422's detail as readable lines: the plan (new classes, classes below the minimum…) or field errors. */
+function detailLines(detail) {
+  if (detail === null || detail === undefined) return [];
+  if (Array.isArray(detail)) {
+    return detail.map((d) => (d && typeof d === "object" && "message" in d
+      ? `${d.field || "request"}: ${d.message}` : (typeof d === "string" ? d : JSON.stringify(d))));
+  }
+  if (typeof detail !== "object") return [String(detail)];
+  const lines = [];
+  const minimum = detail.min_new_class_photos;
+  const known = new Set(["strategy", "active_model", "replay_kit", "base_classes", "new_classes", "below_minimum",
+    "known_class_photos", "validated_photos", "min_new_class_photos", "empty_classes", "clashes", "model", "field"]);
+  if (detail.strategy) {
+    lines.push(detail.strategy === "head"
+      ? `Plan: retrain the last layer of ${detail.active_model || "the active model"} (no base photos)`
+      : "Plan: full retrain on the base dataset");
+  }
+  if (detail.base_classes !== undefined) {
+    lines.push(`${detail.strategy === "head" ? "Classes the active model has" : "Classes in the base dataset"}: ${detail.base_classes}`);
+  }
+  if (detail.validated_photos !== undefined) lines.push(`Validated photos: ${detail.validated_photos}`);
+  if (detail.new_classes) lines.push(`New classes (at least ${minimum ?? "the minimum of"} photos): ${labelCounts(detail.new_classes)}`);
+  if (detail.below_minimum) {
+    lines.push(`Below the minimum of ${minimum ?? "?"} validated photos (not learnt): ${labelCounts(detail.below_minimum)}`);
+  }
+  if (detail.known_class_photos) lines.push(`Validated photos of known classes: ${labelCounts(detail.known_class_photos)}`);
+  if (detail.empty_classes) lines.push(`Base classes without a training photo: ${detail.empty_classes.join(", ")}`);
+  if (detail.clashes) for (const clash of detail.clashes) lines.push(`Clash: ${clash}`);
+  if (detail.model) lines.push(`Model: ${detail.model}`);
+  if (detail.field) lines.push(`Field: ${detail.field}`);
+  for (const [key, value] of Object.entries(detail)) {
+    if (!known.has(key)) lines.push(`${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
+  }
+  return lines;
+}
+
+function showRetrainError(error) {
+  const box = $("retrain-error");
+  const detail = error && error.body && error.body.error ? error.body.error.detail : undefined;
+  const lines = detailLines(detail);
+  const title = error && error.status ? `Refused (HTTP ${error.status}): ` : "";
+  box.replaceChildren(
+    el("p", { class: "error" }, title, error instanceof Error ? error.message : String(error)),
+    lines.length ? el("ul", { class: "plan" }, ...lines.map((line) => el("li", {}, line))) : null);
+  box.classList.remove("hidden");
+}
+
+function planSummary(plan) {
+  if (!plan) return "";
+  const how = plan.strategy === "head" ? `last layer of ${plan.active_model || "the active model"}, no base photos` : "full retrain";
+  const parts = [how, `new classes: ${labelCounts(plan.new_classes)}`];
+  if (plan.below_minimum && Object.keys(plan.below_minimum).length) {
+    parts.push(`below the minimum of ${plan.min_new_class_photos}: ${labelCounts(plan.below_minimum)}`);
+  }
+  return ` (${parts.join("; ")})`;
+}
+
 async function startRetrain(event) {
   event.preventDefault();
   clearError();
+  $("retrain-error").classList.add("hidden");
   const since = $("since").value;
+  const base = $("base-dataset").value.trim();
   const json = {
-    base_dataset: $("base-dataset").value.trim(),
-    backbone: $("backbone").value.trim() || "efficientnet_lite0",
-    mode: $("mode").value,
-    epochs: Number($("epochs").value) || 10,
     include_observations: $("include-observations").checked,
     auto_activate: $("auto-activate").checked,
   };
+  // Blank: no base_dataset field at all (the API reads that as "retrain the last layer without base photos").
+  if (base) {
+    json.base_dataset = base;
+    json.backbone = $("backbone").value.trim() || "efficientnet_lite0";
+    json.mode = $("mode").value;
+    json.epochs = Number($("epochs").value) || 10;
+  }
+  const minimum = $("min-new-class-photos").value;
+  if (minimum) json.min_new_class_photos = Number(minimum);
   if (since) json.observations_since = `${since}T00:00:00Z`;
+  $("retrain-status").textContent = "Checking the request…";
   try {
     const job = await api("/api/v1/admin/retrain", { method: "POST", json });
     selectedJob = job.id;
-    $("retrain-status").textContent = `Queued job ${job.id}.`;
+    $("retrain-status").textContent = `Queued job ${job.id}${planSummary(job.params && job.params.plan)}.`;
     await loadJobs();
-  } catch (error) { fail(error); }
+  } catch (error) {
+    $("retrain-status").textContent = "";
+    showRetrainError(error);
+  }
 }
 
 async function startExport(kind) {
@@ -243,6 +469,8 @@ async function loadUsers() {
         onclick: () => newKey(u) }, "New key")));
   });
   $("users").replaceChildren(...rows);
+  usersById = new Map(body.data.map((u) => [u.id, u]));
+  renderActivations();
 }
 
 async function createUser(event) {
@@ -298,6 +526,8 @@ for (const table of document.querySelectorAll("main table")) {
 setupSignIn($("signin"), $("signin-status"), loadAll);
 $("models-refresh").addEventListener("click", () => loadModels().catch(fail));
 $("retrain-form").addEventListener("submit", startRetrain);
+$("version-action").addEventListener("submit", submitVersionAction);
+$("version-action-cancel").addEventListener("click", closeVersionAction);
 $("user-form").addEventListener("submit", createUser);
 $("job-cancel").addEventListener("click", () => {
   if (selectedJob !== null) cancelJob({ id: selectedJob });
