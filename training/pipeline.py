@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import ONNX_FILENAME, InputSpec, ModelCard
+from service.modelcard import InputSpec, ModelCard
 from service.preprocess import decode_min_side
 from training import backbones
 from training.calibration import calibrate, card_calibration, fit_temperature
@@ -797,7 +797,9 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
     again when the run's cache folder is still there), trains the leave-classes-out model, and rewrites
     ``model.json`` and the card embedded in ``model.onnx``.
     """
-    from training.export import embed_card
+    from training.evaluation import evaluate_model_dir
+    from training.export import write_card
+    from training.report import write_report
 
     config = TrainConfig.from_dict(json.loads((Path(run) / "config.json").read_text()))
     if epochs is not None:
@@ -832,9 +834,31 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
         raise ValueError(f"{model_dir} has other labels than the run's data; is it this run's model?")
     card.calibration.answer_thresholds = answers["thresholds"]
     card.calibration.answer_fit = answers["fit"]
-    card.save(Path(model_dir))
-    embed_card(Path(model_dir) / ONNX_FILENAME, card)
+    write_card(Path(model_dir), card)
+    # The committed answers of the model itself, with its new thresholds, in the card and the report.
+    evaluation = evaluate_model_dir(Path(model_dir), eval_samples, data.classes, field=True)
+    card.metrics["answers"] = summarize_answers(evaluation["answers"])
+    if "field" in evaluation and "field_composites" in card.metrics:
+        card.metrics["field_composites"]["answers"] = summarize_answers(evaluation["field"]["answers"])
+    write_card(Path(model_dir), card)
+    write_report(
+        Path(model_dir),
+        card=card,
+        evaluation=evaluation,
+        history=_read_history(Path(run) / "metrics.csv"),
+        timings=card.training.get("timings"),
+        problems=data.report.lines(),
+    )
     return answers
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows :func:`_write_history` wrote (numbers as numbers); none when the file is missing."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: float(v) if k != "epoch" else int(float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(fh)]
 
 
 def fit_answer_thresholds(

@@ -166,6 +166,7 @@ def test_linear_mode_with_feature_cache(color_dataset: Path, tmp_path: Path) -> 
     assert main(["fit-answers", "--run", str(run), "--model", str(export), "--epochs", "1"]) == 0
     refit = ModelCard.load(export)
     assert refit.calibration.answer_fit["epochs"] == 1
+    assert refit.metrics["answers"]["by_rank"] and "Out of sample" in (export / "report.md").read_text()
     meta = {p.key: p.value for p in onnx.load(str(export / "model.onnx")).metadata_props}
     assert json.loads(meta[ONNX_METADATA_KEY])["calibration"]["answer_fit"]["epochs"] == 1
     assert len([p for p in (run / "cache").iterdir()]) == 3  # no new cache was built
