@@ -77,7 +77,7 @@ class Service:
                     "POLLINID_DEFAULT_MODEL": "lepidoptera100", "POLLINID_RATE_LIMIT_ENABLED": "false",
                     "POLLINID_PROVIDERS": "cpu", "POLLINID_INTRA_OP_THREADS": str(threads),
                     "POLLINID_MODEL_POLL_SECONDS": "0.5", "POLLINID_WORKER_POLL_SECONDS": "0.5",
-                    "POLLINID_CONSENSUS_MIN_AGREEMENTS": "2", "POLLINID_QUEUE_MAX_LEASES_PER_EXPERT": "1000",
+                    "POLLINID_CONSENSUS_MIN_AGREEMENTS": "2", "POLLINID_QUEUE_MAX_LEASES_PER_EXPERT": "100",
                     "PYTHONPATH": str(ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.keys: dict[str, str] = {}
@@ -124,6 +124,18 @@ def identify(client: httpx.Client, path: Path) -> dict[str, Any]:
     r = client.post("/api/v1/identify", files={"images": (path.name, path.read_bytes(), "image/jpeg")})
     r.raise_for_status()
     return r.json()
+
+
+def post_identification(client: httpx.Client, obs_id: int, body: dict[str, Any], headers: dict[str, str],
+                        taxonomy: dict[str, dict[str, str]]) -> httpx.Response:
+    """Name the taxon by its label, else by its scientific name (a label the service does not know yet)."""
+    url = f"/api/v1/observations/{obs_id}/identifications"
+    resp = client.post(url, json=body, headers=headers)
+    if resp.status_code == 422 and body.get("taxon") in taxonomy:
+        resp = client.post(url, json={**body, "taxon": taxonomy[body["taxon"]]["scientific_name"]}, headers=headers)
+    if resp.status_code >= 400:
+        raise RuntimeError(f"identification {body} of observation {obs_id}: {resp.status_code} {resp.text[:300]}")
+    return resp
 
 
 def evaluate(client: httpx.Client, slices: dict[str, list[tuple[Path, str]]], taxonomy: dict[str, dict[str, str]],
@@ -182,6 +194,7 @@ def run_arm(order: str, args: argparse.Namespace, pools: dict[str, Any], kit: Pa
         uploads = list(pools["uploads"])
         truth: dict[int, str] = {}
         validated_ids: set[int] = set()
+        looked: set[int] = set()  # observations the specialists have looked at (the budget counts new ones)
         for r in range(1, args.rounds + 1):
             row: dict[str, Any] = {"round": r}
             batch, uploads = uploads[:args.uploads], uploads[args.uploads:]
@@ -195,15 +208,17 @@ def run_arm(order: str, args: argparse.Namespace, pools: dict[str, Any], kit: Pa
             row["upload_s"] = time.perf_counter() - t
             # Which observations the specialists look at this round: the queue's order or first-come.
             t = time.perf_counter()
-            pending = sorted(i for i in truth if i not in validated_ids)
-            if order == "queue":
-                q = client.get("/api/v1/validation/queue", params={"limit": min(100, args.budget)},
+            pending = sorted(i for i in truth if i not in looked)
+            if order == "queue":  # the queue's order: lowest top-1 score first
+                q = client.get("/api/v1/validation/queue", params={"limit": 100},
                                headers=service.h("exp0")).json()["data"]
-                chosen = [int(item["observation"]["id"]) for item in q]
-                for obs_id in chosen:
+                leased = [int(item["observation"]["id"]) for item in q]
+                for obs_id in leased:
                     client.delete(f"/api/v1/validation/queue/{obs_id}/lease", headers=service.h("exp0"))
+                chosen = [i for i in leased if i not in looked][:args.budget]
             else:
                 chosen = pending[:args.budget]
+            looked.update(chosen)
             ids = 0
             for obs_id in chosen:
                 label = truth[obs_id]
@@ -211,16 +226,14 @@ def run_arm(order: str, args: argparse.Namespace, pools: dict[str, Any], kit: Pa
                     draw = rng.random()
                     if draw < 0.85:
                         body: dict[str, Any] = ({"kind": "not_an_insect"} if label == "no_insect" else
-                                                {"kind": "propose", "taxon": taxonomy[label]["scientific_name"]})
+                                                {"kind": "propose", "taxon": label})
                     elif draw < 0.93:
                         body = {"kind": "cannot_tell"}
                     else:
                         other = rng.choice([x for x in pools["labels"] if x != label])
                         body = ({"kind": "not_an_insect"} if other == "no_insect" else
-                                {"kind": "propose", "taxon": taxonomy[other]["scientific_name"]})
-                    resp = client.post(f"/api/v1/observations/{obs_id}/identifications", json=body,
-                                       headers=service.h(expert))
-                    resp.raise_for_status()
+                                {"kind": "propose", "taxon": other})
+                    resp = post_identification(client, obs_id, body, service.h(expert), taxonomy)
                     ids += 1
                     if resp.json()["consensus"]["status"] in ("validated", "not_an_insect"):
                         validated_ids.add(obs_id)

@@ -9,13 +9,19 @@ non-regression principle, the candidate passes when
   per-class accuracy (recall).
 
 The comparison is on the classes both models know. The candidate's new classes, which the active model has no
-score for, are judged on their own held-out photos: each new class with at least ``min_class_support`` of them
-must reach ``new_class_min_recall``; one with fewer is reported as not gated.
+score for, are judged on their own held-out photos, which are few (a new class has a handful of validated photos):
+
+* together, the new classes' top-1 accuracy on all their held-out photos must reach ``new_class_min_recall``;
+* a new class with at least ``min_class_support`` held-out photos fails when its accuracy is *confidently* below
+  ``new_class_min_recall``: the upper end of its one-sided 95 % Wilson interval is below it (0 of 3 or 4 fails,
+  1 of 3 passes), so that three photos do not fail a class by bad luck;
+* a new class with fewer photos is reported as not gated.
 This module is pure (no database, no ONNX): the worker feeds it the metric sets.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,26 +114,48 @@ def compare(candidate: dict[str, Any], active: dict[str, Any] | None, config: Ga
     return out
 
 
+def wilson_upper(successes: float, n: int, z: float = 1.645) -> float:
+    """Upper end of the one-sided Wilson score interval of a proportion (z = 1.645: 95 %)."""
+    if n <= 0:
+        return 1.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
 def _judge_new_classes(new_classes: dict[str, Any] | None, config: GateConfig, out: dict[str, Any]) -> bool:
-    """Each new class with enough held-out photos must reach ``new_class_min_recall``; fills ``new_classes``."""
+    """The new classes together, and each one confidently, on their own held-out photos; fills ``new_classes``."""
     rows: list[dict[str, Any]] = []
     out["new_classes"] = rows
     if not new_classes:
         return True
     failed: list[str] = []
+    hits = photos = 0.0
     for label, values in sorted((new_classes.get("per_class") or {}).items()):
         support = int(values.get("support") or 0)
         recall = values.get("recall")
         checked = support >= config.min_class_support and recall is not None
-        ok = (not checked) or float(recall) >= config.new_class_min_recall - 1e-12
+        upper = wilson_upper(float(recall) * support, support) if recall is not None and support else None
+        ok = (not checked) or (upper is not None and upper >= config.new_class_min_recall - 1e-12)
+        if recall is not None and support:
+            hits += float(recall) * support
+            photos += support
         if not ok:
             failed.append(label)
-        rows.append({"label": label, "candidate": recall, "support": support, "checked": checked, "passed": ok})
+        rows.append({"label": label, "candidate": recall, "support": support, "upper_95": upper,
+                     "checked": checked, "passed": ok})
+    pooled = hits / photos if photos else None
+    out["new_classes_top1"] = pooled
+    pooled_ok = pooled is None or photos < config.min_class_support or pooled >= config.new_class_min_recall - 1e-12
+    if not pooled_ok:
+        out["reasons"].append(f"the new classes' top-1 on their own held-out photos, {pooled:.3f} on {int(photos)}, "
+                              f"is below {config.new_class_min_recall:g}")
     if failed:
-        out["reasons"].append(f"{len(failed)} new class(es) below {config.new_class_min_recall:g} accuracy on "
-                              f"their own held-out photos: {failed[:10]}")
+        out["reasons"].append(f"{len(failed)} new class(es) confidently below {config.new_class_min_recall:g} "
+                              f"accuracy on their own held-out photos: {failed[:10]}")
     unchecked = [r["label"] for r in rows if not r["checked"]]
     if unchecked:
         out["reasons"].append(f"{len(unchecked)} new class(es) with fewer than {config.min_class_support} held-out "
                               f"photos not gated: {unchecked[:10]}")
-    return not failed
+    return not failed and pooled_ok
