@@ -27,13 +27,16 @@ from torch import nn
 from service.modelcard import LabelTaxon
 from training import backbones
 from training.answers import AnswerTable, answer_metrics, choose_heldout_labels, fit_thresholds
-from training.calibration import energy_scores, fit_energy_threshold, fit_temperature
+from training.calibration import energy_scores, fit_temperature
 from training.engine import build_optimizer, train_one_epoch, warmup_cosine
 from training.features import CachedLoader, FeatureCache
 from training.losses import build_criterion
 from training.metrics import softmax
 
 logger = logging.getLogger(__name__)
+
+# Energy-gate percentiles (of the known photos' energy) tried as part of the species decision.
+OOD_PERCENTILES: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0)
 
 
 def _logits(net: nn.Module, feats: np.ndarray, rows: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -81,9 +84,14 @@ def leave_classes_out(
     With ``eval_cache`` (the evaluation split, used nowhere else here), the fitted thresholds are also checked
     out of sample on its photos of known and held-out labels (``fit["evaluation_photos"]``).
 
+    The out-of-distribution energy gate (no species answer below it) is chosen with the thresholds: among
+    gates at :data:`OOD_PERCENTILES` of the known photos' energy, the one that keeps the most known species named.
+
     Returns:
-        ``{"thresholds", "fit", "heldout_labels", "seconds"}``; ``fit`` is the report of
-        :func:`training.answers.fit_thresholds` plus the leave-out model's own numbers.
+        ``{"thresholds", "fit", "heldout_labels", "seconds", "ood_percentile", "arrays"}``; ``fit`` is the report
+        of :func:`training.answers.fit_thresholds` plus the leave-out model's own numbers; ``ood_percentile`` is
+        the chosen gate, to be applied to the shipped model's own held-out energies; ``arrays`` holds the
+        leave-out model's logits and labels (saved beside the run for analysis).
     """
     t0 = time.perf_counter()
     device = device or torch.device("cpu")
@@ -129,15 +137,32 @@ def leave_classes_out(
     known_mask = np.array([y in set(kept) for y in true_held])
     y_known = np.array([kept.index(y) for y, k in zip(true_held, known_mask, strict=True) if k], dtype=np.int64)
     temperature = fit_temperature(logits_held[known_mask], y_known)
-    energy_threshold = fit_energy_threshold(logits_held[known_mask], temperature, ood_percentile)
     logits = np.concatenate([logits_held, logits_unknown])
     true = true_held + true_unknown
     probs = softmax(logits / temperature)
-    ood = energy_scores(logits, temperature) < energy_threshold
+    energies = energy_scores(logits, temperature)
+    known_energies = energies[: len(logits_held)][known_mask]
     table = AnswerTable.build(taxonomy, kept)
     full = AnswerTable.build(taxonomy, classes).tree
-    thresholds, fit = fit_thresholds(table, full, probs, true, ood=ood, target_precision=target_precision,
-                                     max_heldout_species=max_heldout_species)
+    # The energy gate is part of the species decision: try gates at several percentiles of the known photos'
+    # energy and keep the one under which the most known species are still named (the constraints on
+    # precision and on held-out species hold under every gate, by the fit).
+    tried = []
+    best: tuple[float, float, dict[str, float], dict[str, Any]] | None = None
+    for percentile in sorted({ood_percentile, *OOD_PERCENTILES}):
+        gate = float(np.percentile(known_energies, percentile))
+        fitted, report = fit_thresholds(table, full, probs, true, ood=energies < gate,
+                                        target_precision=target_precision, max_heldout_species=max_heldout_species)
+        coverage = float(report["result"].get("known_species_at_species", 0.0))
+        tried.append({"ood_percentile": percentile, "species_threshold": fitted["species"],
+                      "known_species_at_species": coverage})
+        if best is None or coverage > best[0] + 1e-9:
+            best = (coverage, percentile, fitted, report)
+    assert best is not None
+    _, chosen_percentile, thresholds, fit = best
+    energy_threshold = float(np.percentile(known_energies, chosen_percentile))
+    fit["ood_percentile"] = chosen_percentile
+    fit["ood_gates_tried"] = tried
     if eval_cache is not None:
         # Out of sample: the evaluation photos (never used above) of known and held-out labels alike.
         eval_rows = np.flatnonzero(np.asarray(eval_cache.ok))
@@ -157,7 +182,10 @@ def leave_classes_out(
                             "temperature": round(temperature, 4),
                             "ood_energy_threshold": round(energy_threshold, 4)},
     })
+    arrays = {"logits": logits, "true": np.asarray(true), "kept": np.asarray(kept),
+              "heldout": np.asarray(heldout), "temperature": np.float64(temperature)}
     seconds = time.perf_counter() - t0
     logger.info("answer thresholds %s fitted in %.0f s on %d photos (%d of held-out labels)", thresholds,
                 seconds, len(true), len(true_unknown))
-    return {"thresholds": thresholds, "fit": fit, "heldout_labels": heldout, "seconds": seconds}
+    return {"thresholds": thresholds, "fit": fit, "heldout_labels": heldout, "seconds": seconds,
+            "ood_percentile": chosen_percentile, "arrays": arrays}

@@ -30,7 +30,7 @@ from torch import nn
 from service.modelcard import InputSpec, ModelCard
 from service.preprocess import decode_min_side
 from training import backbones
-from training.calibration import calibrate, card_calibration, fit_temperature
+from training.calibration import calibrate, card_calibration, fit_energy_threshold, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import (
     LabelledData,
@@ -539,6 +539,12 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             config, data, caches["train"], caches["held"], start, spec.size, device, eval_cache=caches["eval"]
         )
         timings["answer_fit_seconds"] = answers["seconds"]
+        # The energy gate chosen with the thresholds, at the same percentile of this model's own held-out energy.
+        calibration["ood_energy_threshold"] = fit_energy_threshold(
+            c_logits, calibration["temperature"], answers["ood_percentile"]
+        )
+        if main:
+            np.savez_compressed(run / "leave_out.npz", **answers.pop("arrays"))
         report("answers", 0.91, f"answer thresholds {answers['thresholds']}")
     elif config.fit_answers:
         logger.warning("answer thresholds are fitted on the feature cache (linear and partial modes) of three "
@@ -832,8 +838,15 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
     card = ModelCard.load(Path(model_dir))
     if card.labels != data.classes:
         raise ValueError(f"{model_dir} has other labels than the run's data; is it this run's model?")
+    np.savez_compressed(Path(run) / "leave_out.npz", **answers.pop("arrays"))
     card.calibration.answer_thresholds = answers["thresholds"]
     card.calibration.answer_fit = answers["fit"]
+    # The energy gate chosen with the thresholds, at the same percentile of this model's own held-out energy.
+    calib_samples = eval_samples if config.calibrate_on == "valid" else held
+    held_logits = evaluate_model_dir(Path(model_dir), calib_samples, data.classes)["logits"]
+    card.calibration.ood_energy_threshold = fit_energy_threshold(
+        held_logits, card.calibration.temperature, answers["ood_percentile"]
+    )
     write_card(Path(model_dir), card)
     # The committed answers of the model itself, with its new thresholds, in the card and the report.
     evaluation = evaluate_model_dir(Path(model_dir), eval_samples, data.classes, field=True)
