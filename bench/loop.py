@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", default="queue,first-come")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="work in this (new) folder and keep it")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -324,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
              "labels": old_labels + list(NEW)}
 
     with tempfile.TemporaryDirectory(prefix="pollinid-loop-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.keep is None else args.keep
+        work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         from training.data import read_imagefolder
         from training.replay import build_kit

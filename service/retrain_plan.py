@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -165,6 +166,9 @@ def plan_retrain(params: dict[str, Any], *, session: Session, settings: Settings
                                  "model.onnx: rebuild it")
         card = ModelCard.load(folder)
         classes = {label: -1 for label in card.labels}
+        with np.load(kit, allow_pickle=False) as data:  # the release's labels: their rows never change
+            frozen = {str(label) for label in data["labels"]}
+        plan["learnt_classes"] = [label for label in card.labels if label not in frozen]
         known_taxonomy = {label: card.taxon_of(label).scientific_name or label for label in card.labels
                           if card.taxon_of(label).is_taxon}
         plan.update(strategy="head", replay_kit=str(kit), active_model=f"{name}/{row.version}")
@@ -179,10 +183,12 @@ def plan_retrain(params: dict[str, Any], *, session: Session, settings: Settings
         raise InvalidRequest(f"too few classes to train: {len(classes)} in the base data and {len(new)} new "
                              f"(labels below the minimum of {minimum} validated photos: {below or 'none'})",
                              detail=plan)
-    if plan["strategy"] == "head" and not new and not known:
-        raise InvalidRequest("nothing to learn: no validated photos"
-                             + (f"; below the minimum of {minimum} photos: {below}" if below else ""),
-                             detail=plan)
+    if plan["strategy"] == "head" and not new and not any(known.get(c) for c in plan["learnt_classes"]):
+        # Without base photos only the rows of classes added by retrains are learnt; the release's are kept.
+        raise InvalidRequest(
+            "nothing to learn: no new class reaches the minimum of "
+            f"{minimum} validated photos ({'below it: ' + str(below) if below else 'none at all'}), and a retrain "
+            "without base_dataset keeps the release's classes as they are", detail=plan)
     clashes = _taxonomy_clashes(session, known_taxonomy, sorted(new))
     if clashes:
         raise InvalidRequest("labels clash with the taxonomy: " + "; ".join(clashes[:5]),

@@ -184,7 +184,12 @@ def test_retrain_requests_bound_to_fail_are_refused_at_request_time(head_env: En
     validated_observation(env, "vol2", RED, "Vanessa atalanta", 2)
     r = env.client.post("/api/v1/admin/retrain", headers=admin, json={**HEAD, "options": {"dropout": 0.1}})
     assert r.status_code == 422 and "options" in r.json()["error"]["message"]
-    assert env.client.post("/api/v1/admin/retrain", headers=admin, json=HEAD).status_code == 201
+    # Photos of the release's own classes only: their rows are kept as they are, so nothing would change.
+    r = env.client.post("/api/v1/admin/retrain", headers=admin, json=HEAD)
+    assert r.status_code == 422 and "nothing to learn" in r.json()["error"]["message"]
+    assert r.json()["error"]["detail"]["known_class_photos"] == {"red_admiral": 1}
+    assert env.client.post("/api/v1/admin/retrain", headers=admin,
+                           json={**HEAD, "min_new_class_photos": 1}).status_code == 201
 
     # A base dataset whose taxonomy names a label as another taxon than the service does.
     roots = tmp_path / "roots"
