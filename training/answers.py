@@ -222,15 +222,15 @@ def _smallest_threshold(scores: np.ndarray, correct: np.ndarray, target: float, 
 
 def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_labels: Sequence[str], *,
                    ood: np.ndarray | None = None, target_precision: float = 0.98,
-                   max_heldout_species: float = 0.04, floor: float = 0.5,
+                   max_heldout_species: float = 0.05, floor: float = 0.5,
                    min_answered: int = 5) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the per-rank thresholds on photos of known and held-out classes.
 
     From "no insect" and species down to class Insecta, each threshold is the smallest one at which the
     answers at that rank, among photos not already answered at a finer rank, reach ``target_precision``
-    (known and held-out photos together, each counted once). The species threshold is also raised until
-    at most ``max_heldout_species`` of the held-out photos are named as a species (any species name is wrong
-    for them). Thresholds never go below ``floor`` (so at most one taxon per rank can pass).
+    (known and held-out photos together, each counted once; for species, the known photos). The species
+    threshold is also raised until at most ``max_heldout_species`` of the held-out photos are named as a
+    species (any species name is wrong for them). Thresholds never go below ``floor`` (so at most one taxon per rank can pass).
 
     Args:
         table: the answer rule over the labels of the model that produced ``probs``.
@@ -255,7 +255,10 @@ def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_
         eligible = open_ & (node >= 0)
         if ood is not None and rank == "species":
             eligible &= ~np.asarray(ood, dtype=bool)
-        t = _smallest_threshold(s[eligible], correct[eligible], target_precision, floor, min_answered)
+        # Species answers are judged on known photos (a held-out photo is wrong at species by construction, and
+        # the cap below bounds how many of them may be named); the coarser ranks on both.
+        judged = eligible & ~held if rank == "species" else eligible
+        t = _smallest_threshold(s[judged], correct[judged], target_precision, floor, min_answered)
         if rank == "species" and (held & eligible).any():
             held_scores = np.sort(s[held & eligible])
             # At most max_heldout_species of all held-out photos may pass.

@@ -121,7 +121,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument(
         "--answer-max-heldout-species",
         type=float,
-        help="share of held-out-class photos that may be named as a species (default 0.04)",
+        help="share of held-out-class photos that may be named as a species (default 0.05)",
     )
     p.add_argument("--input-size", type=int)
     p.add_argument("--resize", type=int)

@@ -72,7 +72,7 @@ def leave_classes_out(
     seed: int = 0,
     ood_percentile: float = 1.0,
     target_precision: float = 0.98,
-    max_heldout_species: float = 0.04,
+    max_heldout_species: float = 0.05,
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Train the leave-classes-out model on cached activations and fit the answer thresholds with it.

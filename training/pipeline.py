@@ -122,7 +122,7 @@ class TrainConfig:
     answer_epochs: int | None = None
     answer_heldout_share: float = 0.2
     answer_precision: float = 0.98
-    answer_max_heldout_species: float = 0.04
+    answer_max_heldout_species: float = 0.05
     progress: bool = True
 
     @property
