@@ -230,7 +230,8 @@ def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_
     answers at that rank, among photos not already answered at a finer rank, reach ``target_precision``
     (known and held-out photos together, each counted once; for species, the known photos). The species
     threshold is also raised until at most ``max_heldout_species`` of the held-out photos are named as a
-    species (any species name is wrong for them). Thresholds never go below ``floor`` (so at most one taxon per rank can pass).
+    species (any species name is wrong for them). Thresholds never go below ``floor`` (so at most one taxon
+    per rank can pass).
 
     Args:
         table: the answer rule over the labels of the model that produced ``probs``.
