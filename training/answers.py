@@ -227,8 +227,8 @@ def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_
     """Fit the per-rank thresholds on photos of known and held-out classes.
 
     From "no insect" and species down to class Insecta, each threshold is the smallest one at which the
-    answers at that rank, among photos not already answered at a finer rank, reach ``target_precision``
-    (known and held-out photos together, each counted once; for species, the known photos). The species
+    answers at that rank, among photos not already answered at a finer rank, reach ``target_precision`` on the
+    known photos and, separately, on the held-out ones (species: on the known ones; "no insect": on all). The species
     threshold is also raised until at most ``max_heldout_species`` of the held-out photos are named as a
     species (any species name is wrong for them). Thresholds never go below ``floor`` (so at most one taxon
     per rank can pass).
@@ -256,10 +256,18 @@ def fit_thresholds(table: AnswerTable, full: TaxonTree, probs: np.ndarray, true_
         eligible = open_ & (node >= 0)
         if ood is not None and rank == "species":
             eligible &= ~np.asarray(ood, dtype=bool)
-        # Species answers are judged on known photos (a held-out photo is wrong at species by construction, and
-        # the cap below bounds how many of them may be named); the coarser ranks on both.
-        judged = eligible & ~held if rank == "species" else eligible
-        t = _smallest_threshold(s[judged], correct[judged], target_precision, floor, min_answered)
+        # Each rank must be precise on the known photos and, separately, on the held-out ones (so that many
+        # easy unknowns cannot hide the errors on known photos, nor the reverse). Species: known photos only (a
+        # held-out photo is wrong at species by construction; the cap below bounds how many may be named).
+        # "No insect": all photos together (every held-out photo is an insect, so it can only be wrong there).
+        if rank == NO_INSECT:
+            t = _smallest_threshold(s[eligible], correct[eligible], target_precision, floor, min_answered)
+        else:
+            t = _smallest_threshold(s[eligible & ~held], correct[eligible & ~held], target_precision, floor,
+                                    min_answered)
+            if rank != "species" and (eligible & held).any():
+                t = max(t, _smallest_threshold(s[eligible & held], correct[eligible & held], target_precision,
+                                               floor, min_answered))
         if rank == "species" and (held & eligible).any():
             held_scores = np.sort(s[held & eligible])
             # At most max_heldout_species of all held-out photos may pass.

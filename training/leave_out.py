@@ -184,6 +184,8 @@ def leave_classes_out(
     })
     arrays = {"logits": logits, "true": np.asarray(true), "kept": np.asarray(kept),
               "heldout": np.asarray(heldout), "temperature": np.float64(temperature)}
+    if eval_cache is not None:
+        arrays.update({"eval_logits": logits_eval, "eval_true": np.asarray(true_eval)})
     seconds = time.perf_counter() - t0
     logger.info("answer thresholds %s fitted in %.0f s on %d photos (%d of held-out labels)", thresholds,
                 seconds, len(true), len(true_unknown))
