@@ -347,7 +347,8 @@ def register_replay(subparsers: Any) -> None:
     sub.required = True
     b = sub.add_parser("build", help="features of a version's training and evaluation photos (replay.npz)")
     b.add_argument("--model", required=True, type=Path, help="the version folder (model.onnx + model.json)")
-    b.add_argument("--data", required=True, type=Path, help="its training data (ImageFolder with train/valid)")
+    b.add_argument("--data", required=True, type=Path, action="append",
+                   help="its training data (ImageFolder with train/valid); several times to merge sources")
     b.add_argument("--out", type=Path, default=None,
                    help="output folder (default: the version folder; a read-only release: use "
                         "<data_dir>/replay/<name>/<version>)")
@@ -361,7 +362,10 @@ def register_replay(subparsers: Any) -> None:
 def _cmd_build(args: Any) -> int:
     from training.data import read_imagefolder
 
-    splits, _, _ = read_imagefolder(args.data)
+    splits: dict[str, list[Any]] = {}
+    for source in args.data:
+        for split, samples in read_imagefolder(source)[0].items():
+            splits.setdefault(split, []).extend(samples)
     out = args.out or args.model
     path = build_kit(args.model, splits, out, per_class=args.per_class, max_eval_per_class=args.max_eval_per_class,
                      seed=args.seed, threads=args.threads)
