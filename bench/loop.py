@@ -182,7 +182,7 @@ def run_arm(order: str, args: argparse.Namespace, pools: dict[str, Any], kit: Pa
               **{f"exp{i}": "expert" for i in range(3)}, "admin": "admin"}
     service = Service(folder, folder / "releases", args.threads)
     taxonomy = pools["taxonomy"]
-    service.cli("import", "taxonomy", str(DATA / "insects-extra" / "taxonomy.csv"))
+    service.cli.main("import", "taxonomy", str(DATA / "insects-extra" / "taxonomy.csv"))
     service.start(people)
     rounds: list[dict[str, Any]] = []
     try:

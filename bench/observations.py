@@ -1,6 +1,6 @@
 """Benchmark: concurrent volunteers posting observations to a real service on loopback.
 
-Starts ``uvicorn service.asgi:app`` in a subprocess (fresh data folder, the tiny test model, a fresh SQLite
+Starts ``uvicorn service.api.asgi:app`` in a subprocess (fresh data folder, the tiny test model, a fresh SQLite
 file or PostgreSQL database), creates one volunteer per client, and lets every client post observations
 (each with its own photo) as fast as answers come back. Reports throughput and latency percentiles, then
 checks that no write was lost: rows in the database == number of 201 answers, and every photo file exists.
@@ -53,9 +53,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def setup_users(url: str, data_dir: Path, n: int) -> list[str]:
-    from service import auth
-    from service.db import create_db_engine, init_db, make_session_factory
+    from service import accounts as auth
     from service.settings import Settings
+    from service.store.db import create_db_engine, init_db, make_session_factory
 
     settings = Settings(data_dir=data_dir, database_url=url)
     engine = create_db_engine(url)
@@ -75,8 +75,8 @@ def setup_users(url: str, data_dir: Path, n: int) -> list[str]:
 def count_rows(url: str) -> tuple[int, int, list[str]]:
     from sqlalchemy import func, select
 
-    from service.db import create_db_engine
-    from service.tables import Observation, Photo
+    from service.store.db import create_db_engine
+    from service.store.tables import Observation, Photo
 
     engine = create_db_engine(url)
     with engine.connect() as conn:
@@ -150,7 +150,7 @@ def bench(kind: str, clients: int, per_client: int, workers: int) -> bool:
                     sys.executable,
                     "-m",
                     "uvicorn",
-                    "service.asgi:app",
+                    "service.api.asgi:app",
                     "--host",
                     "127.0.0.1",
                     "--port",

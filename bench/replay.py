@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from service.modelcard import ModelCard
+    from service.core.modelcard import ModelCard
     from training.data import read_imagefolder
     from training.evaluation import evaluate_model_dir
     from training.replay import FeatureExtractor, fit_head, logits_of, write_head_model

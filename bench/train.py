@@ -232,7 +232,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _first_images(samples: list, n: int) -> list:  # type: ignore[type-arg]
-    from service.imaging import decode_image
+    from service.core.imaging import decode_image
 
     return [decode_image(s.path.read_bytes()).image for s in samples[:n]]
 

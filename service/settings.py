@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     # path that resolves (symbolic links and ``..`` followed) outside them is refused. Empty: data_dir/datasets.
     retrain_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
-    # Hardening (see service/ratelimit.py, service/security.py and docs/hardening.md).
+    # Hardening (see service/api/ratelimit.py, service/api/security.py and docs/hardening.md).
     # Rate limits, per process (each uvicorn worker counts on its own): requests per window per client
     # address and per API key. 0 turns one limit off; rate_limit_enabled=False turns both off (benches).
     rate_limit_enabled: bool = True

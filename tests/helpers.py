@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.modelcard import InputSpec, LabelTaxon, ModelCard
+from service.core.modelcard import InputSpec, LabelTaxon, ModelCard
 
 # A colour world: the tiny model tells images apart by their mean colour.
 COLOR_LABELS: dict[str, tuple[int, int, int]] = {

@@ -16,7 +16,7 @@ def test_wheel_install_finds_the_bundled_model_and_pages(tmp_path):
                     "--target", str(target), str(ROOT)], check=True, cwd=tmp_path)
     probe = (
         "from service.settings import Settings; s = Settings(data_dir='d'); "
-        "import service.registry as r; entries = r.scan_models(s.models_dir); "
+        "import service.inference.registry as r; entries = r.scan_models(s.models_dir); "
         "print(s.models_dir); print(s.frontend_dir); print(len(entries))"
     )
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
@@ -35,12 +35,12 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from service import jobs
-from service.db import create_db_engine, init_db, make_session_factory
-from service.retrain import check_request
-from service.schemas.jobs import RetrainCreate
+from service.jobs import queue as jobs
+from service.store.db import create_db_engine, init_db, make_session_factory
+from service.jobs.retrain import check_request
+from service.api.schemas.jobs import RetrainCreate
 from service.settings import Settings
-from service.worker import Worker
+from service.jobs.worker import Worker
 
 work = Path(sys.argv[1])
 base = work / "roots" / "colours"

@@ -1,6 +1,6 @@
 """The committed answer, measured and fitted: per-rank thresholds that hold for taxa the model never saw.
 
-The service commits to one answer per photo (:func:`service.taxonomy.committed_answer`): the finest taxon whose
+The service commits to one answer per photo (:func:`service.core.taxonomy.committed_answer`): the finest taxon whose
 summed calibrated probability passes its rank's threshold, "no insect", "an insect" (class Insecta) or
 nothing. This module
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import LabelTaxon, ModelCard
-from service.taxonomy import ANSWER_RANKS, NO_INSECT, TaxonTree, answer_rank
+from service.core.modelcard import LabelTaxon, ModelCard
+from service.core.taxonomy import ANSWER_RANKS, NO_INSECT, TaxonTree, answer_rank
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def evaluate_answers(card: ModelCard, logits: np.ndarray, targets: np.ndarray, *
     of each order, and of ``no_insect``) and ``risk_coverage`` (answering the most confident photos first, the
     error of the top label; and the committed answer's own operating point).
     """
-    from service.taxonomy import thresholds_for
+    from service.core.taxonomy import thresholds_for
     from training.calibration import energy_scores
     from training.metrics import softmax
 

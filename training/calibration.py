@@ -14,7 +14,7 @@ import numpy as np
 from training.metrics import ece, nll, softmax
 
 if TYPE_CHECKING:
-    from service.modelcard import Calibration
+    from service.core.modelcard import Calibration
 
 
 def fit_temperature(
@@ -86,7 +86,7 @@ def card_calibration(
     answer_fit: dict[str, Any] | None = None,
 ) -> Calibration:
     """The model card's calibration block from what :func:`calibrate` returned (and the answer thresholds)."""
-    from service.modelcard import Calibration
+    from service.core.modelcard import Calibration
 
     return Calibration(
         temperature=fit["temperature"],

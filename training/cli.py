@@ -219,7 +219,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:  # type:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model folder through the service's classifier and write a report."""
-    from service.modelcard import ModelCard
+    from service.core.modelcard import ModelCard
     from training.data import load_data
     from training.evaluation import evaluate_model_dir
     from training.report import write_report
@@ -411,14 +411,14 @@ def predict_photos(
 ) -> list[dict[str, Any]]:
     """Identify photos exactly as the service does, through the same functions as ``/identify``.
 
-    Decode and preprocess (:func:`service.identification.prepare_photo`), ONNX Runtime, calibrate, the OOD
-    gate and the committed answer (:func:`service.identification.answer_scores`). A photo that cannot be
+    Decode and preprocess (:func:`service.inference.identify.prepare_photo`), ONNX Runtime, calibrate, the OOD
+    gate and the committed answer (:func:`service.inference.identify.answer_scores`). A photo that cannot be
     read gets ``{"photo", "error"}`` instead of results.
     """
-    from service.classifier import RuntimeOptions, load_classifier
-    from service.errors import PollinidError
-    from service.identification import OOD_FINEST_RANK, answer_scores, prepare_photo
-    from service.imaging import DecodeLimits
+    from service.core.errors import PollinidError
+    from service.core.imaging import DecodeLimits
+    from service.inference.classifier import RuntimeOptions, load_classifier
+    from service.inference.identify import OOD_FINEST_RANK, answer_scores, prepare_photo
 
     clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
     card, spec = clf.card, clf.card.input

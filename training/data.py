@@ -9,7 +9,7 @@ Layouts:
 * iNaturalist-2018 / COCO JSON: ``images`` (id, file_name), ``annotations`` (image_id, category_id),
   ``categories`` (id, name, kingdom ... genus); file names relative to ``--image-root`` or the JSON's folder.
 
-Photos are decoded with the service's :func:`service.imaging.decode_image`, so training sees photos the way
+Photos are decoded with the service's :func:`service.core.imaging.decode_image`, so training sees photos the way
 the service does (EXIF orientation, any mode to RGB, DCT-scaled JPEGs).
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from PIL import Image
 
-from service.imaging import DecodeLimits, decode_image
-from service.modelcard import LabelTaxon
-from service.taxonomy import read_taxonomy_csv
+from service.core.imaging import DecodeLimits, decode_image
+from service.core.modelcard import LabelTaxon
+from service.core.taxonomy import read_taxonomy_csv
 
 logger = logging.getLogger(__name__)
 

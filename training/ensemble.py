@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.modelcard import ModelCard
-from service.preprocess import decode_min_side
+from service.core.modelcard import ModelCard
+from service.core.preprocess import decode_min_side
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Evaluate an exported model folder the way the service runs it.
 
-Photos are decoded with :func:`service.imaging.decode_image`, preprocessed with
-:func:`service.preprocess.preprocess` and run by the service's own classifier
-(:func:`service.classifier.load_classifier`, ONNX Runtime), with the card's temperature. Optional test-time
+Photos are decoded with :func:`service.core.imaging.decode_image`, preprocessed with
+:func:`service.core.preprocess.preprocess` and run by the service's own classifier
+(:func:`service.inference.classifier.load_classifier`, ONNX Runtime), with the card's temperature. Optional test-time
 augmentation averages calibrated probabilities over several crops and their mirror images.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.classifier import Classifier, RuntimeOptions, load_classifier
-from service.imaging import decode_image
-from service.modelcard import ONNX_FILENAME, InputSpec, ModelCard
-from service.preprocess import decode_min_side, preprocess
+from service.core.imaging import decode_image
+from service.core.modelcard import ONNX_FILENAME, InputSpec, ModelCard
+from service.core.preprocess import decode_min_side, preprocess
+from service.inference.classifier import Classifier, RuntimeOptions, load_classifier
 from training.answers import evaluate_answers
 from training.data import Sample
 from training.metrics import compute_metrics

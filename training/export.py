@@ -19,8 +19,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 
-from service.modelcard import CARD_FILENAME, ONNX_FILENAME, ONNX_METADATA_KEY, ModelCard
-from service.preprocess import preprocess
+from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ONNX_METADATA_KEY, ModelCard
+from service.core.preprocess import preprocess
 from training.metrics import softmax
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ def carry_kit(kit_path: Path, export_dir: Path, meta: dict[str, Any]) -> None:
     import json
     import shutil
 
-    from service.modelcard import ONNX_FILENAME
+    from service.core.modelcard import ONNX_FILENAME
     from training.replay import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
 
     shutil.copyfile(kit_path, export_dir / REPLAY_FILENAME)
@@ -39,7 +39,7 @@ def carry_kit(kit_path: Path, export_dir: Path, meta: dict[str, Any]) -> None:
 
 def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     """Fit, export and evaluate the candidate; return ``{"data", "training", "gate_evaluation"}``."""
-    from service.modelcard import ModelCard
+    from service.core.modelcard import ModelCard
     from training.metrics import compute_metrics
     from training.replay import FeatureExtractor, fit_head, load_kit, logits_of, write_head_model
     from training.worker_entry import amend_card, split_observations
@@ -153,9 +153,9 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
     # Parity: the exported network gives the logits the features said it would.
     parity = None
     if len(held_f):
-        from service.classifier import RuntimeOptions, load_classifier
-        from service.imaging import decode_image
-        from service.preprocess import decode_min_side, preprocess
+        from service.core.imaging import decode_image
+        from service.core.preprocess import decode_min_side, preprocess
+        from service.inference.classifier import RuntimeOptions, load_classifier
 
         clf = load_classifier(export_dir, RuntimeOptions(providers="cpu"))
         photos = [held[i].path for i in held_k[:4]]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 from training import backbones
 from training.answers import AnswerTable, answer_metrics, choose_heldout_labels, fit_thresholds
 from training.calibration import energy_scores, fit_temperature

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 
 
 def smoothing_matrix(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 
 # The summary metrics a model card carries (the report adds ``ece_uncalibrated`` after ``ece``).
 HEADLINE_METRICS: tuple[str, ...] = ("top1", "top3", "top5", "nll", "macro_f1", "f1a", "mrr", "ece",

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.modelcard import InputSpec, ModelCard
-from service.preprocess import decode_min_side
+from service.core.modelcard import InputSpec, ModelCard
+from service.core.preprocess import decode_min_side
 from training import backbones
 from training.calibration import calibrate, card_calibration, fit_energy_threshold, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -947,7 +947,7 @@ def export_photos(eval_samples: Sequence[Sample], held: Sequence[Sample]) -> dic
 
 
 def _open_rgb(path: Path) -> Any:
-    from service.imaging import decode_image
+    from service.core.imaging import decode_image
 
     try:
         return decode_image(Path(path).read_bytes()).image

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import ONNX_FILENAME, ModelCard
-from service.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
+from service.core.modelcard import ONNX_FILENAME, ModelCard
+from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class FeatureExtractor:
         """
         from PIL import Image
 
-        from service.imaging import decode_image
-        from service.preprocess import decode_min_side, preprocess
+        from service.core.imaging import decode_image
+        from service.core.preprocess import decode_min_side, preprocess
 
         spec = self.card.input
         rows: list[np.ndarray] = []

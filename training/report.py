@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import ModelCard
+from service.core.modelcard import ModelCard
 from training.metrics import HEADLINE_METRICS, confusion_matrix, reliability_bins, softmax
 
 logger = logging.getLogger(__name__)

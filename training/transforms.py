@@ -1,8 +1,8 @@
 """Image transforms: field-photo augmentations for training, the service's preprocessing for evaluation.
 
-The evaluation transform *is* :func:`service.preprocess.preprocess` (wrapped into a tensor), so a model is
+The evaluation transform *is* :func:`service.core.preprocess.preprocess` (wrapped into a tensor), so a model is
 evaluated on exactly the tensors the service will feed it. The training transform reuses the same geometric
-and photometric steps (:func:`service.preprocess.resize_and_crop`, :func:`service.preprocess.normalize`)
+and photometric steps (:func:`service.core.preprocess.resize_and_crop`, :func:`service.core.preprocess.normalize`)
 after its random crop, so a training view is laid out the way the service lays out a photo of that shape.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from service.modelcard import InputSpec
-from service.preprocess import normalize, preprocess, resize_and_crop
+from service.core.modelcard import InputSpec
+from service.core.preprocess import normalize, preprocess, resize_and_crop
 
 
 class EvalTransform:

@@ -1,6 +1,6 @@
 """The retrain job's child process: ``python -m training.worker_entry <spec.json>``.
 
-The service's worker (:mod:`service.worker`) prepares ``spec.json`` (see :func:`service.retrain.prepare`)
+The service's worker (:mod:`service.jobs.worker`) prepares ``spec.json`` (see :func:`service.jobs.retrain.prepare`)
 and runs this module in a child process, so the service itself never imports PyTorch. Here:
 
 1. merge the base dataset with the validated observations' photos into one manifest. Labels may sit at
@@ -65,7 +65,7 @@ def _watch_parent(interval: float = 0.5) -> None:
 
 def _read_base(source: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """Samples by split and taxonomy of the base dataset (ImageFolder, CSV manifest or COCO JSON)."""
-    from service.taxonomy import read_taxonomy_csv
+    from service.core.taxonomy import read_taxonomy_csv
     from training.data import read_coco, read_imagefolder, read_manifest
 
     taxonomy: dict[str, Any] = {}
@@ -94,7 +94,7 @@ def split_observations(spec: dict[str, Any], base_classes: list[str], taxonomy: 
     class keeps training photos and, when it has photos of two groups or more, gets held-out photos of its own
     (up to ``gate_min_class_support``) so that the gate judges it on photos it never trained on.
     """
-    from service.taxonomy import read_taxonomy_csv
+    from service.core.taxonomy import read_taxonomy_csv
     from training.data import Sample, group_split, read_manifest
 
     seed = int(spec.get("seed", 0))
@@ -228,7 +228,7 @@ def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[
                     new_classes: list[str] | None = None) -> dict[str, Any]:
     """Metrics of both models on the same photos (the classes both know), through ONNX Runtime; and the
     candidate's on the held-out photos of its new classes (the active model has no score for them)."""
-    from service.modelcard import ModelCard
+    from service.core.modelcard import ModelCard
     from training.evaluation import evaluate_model_dir
 
     def strip(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +264,7 @@ def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[
 
 def amend_card(export_dir: Path, spec: dict[str, Any], report: dict[str, Any]) -> None:
     """Record the retrain's data provenance in the model card (``training.retrain``)."""
-    from service.modelcard import ModelCard
+    from service.core.modelcard import ModelCard
     from training.export import write_card
 
     card = ModelCard.load(export_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.modelcard import InputSpec, LabelTaxon, ModelCard
+from service.core.modelcard import InputSpec, LabelTaxon, ModelCard
 from tests.helpers import photo_bytes, tiny_onnx_bytes
 
 LABELS = ["peacock", "bombus", "vespidae", "no_insect"]

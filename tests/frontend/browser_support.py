@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service import auth
+from service import accounts as auth
 
 
 def make_user(server: Any, name: str, role: str) -> str:

@@ -66,7 +66,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def live_server(settings: object) -> Iterator[LiveServer]:
-    from service.app import create_app
+    from service.api.app import create_app
 
     with LiveServer(create_app(settings)) as server:  # type: ignore[arg-type]
         yield server

@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from service import auth, jobs
-from service.jobs import JobState
-from service.modelcard import ModelCard
-from service.worker import Worker
+from service import accounts as auth
+from service.core.modelcard import ModelCard
+from service.jobs import queue as jobs
+from service.jobs.queue import JobState
+from service.jobs.worker import Worker
 from tests.helpers import write_tiny_model
 from tests.service.jobs_support import base_dataset
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from service.tables import Observation
+from service.store.tables import Observation
 from tests.frontend.browser_support import make_user, sign_in
 
 pytestmark = pytest.mark.browser
@@ -106,7 +106,7 @@ def _big_photo_with_exif(path: Path) -> None:
 
 
 def test_large_photo_is_resized_in_the_browser_and_keeps_its_date_and_place(live_server, page, tmp_path):
-    from service.tables import Photo
+    from service.store.tables import Photo
 
     key = make_user(live_server, "paula", "volunteer")
     big = tmp_path / "phone.jpg"

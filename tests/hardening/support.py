@@ -1,4 +1,4 @@
-"""A real ``uvicorn service.asgi:app`` subprocess on loopback, for the hardening tests and the load bench.
+"""A real ``uvicorn service.api.asgi:app`` subprocess on loopback, for the hardening tests and the load bench.
 
 The service gets its own data folder, database and models folder; users are created in the database
 before it starts. :class:`LiveService` can read the process's memory (``/proc/<pid>/status``), be killed
@@ -57,9 +57,9 @@ def proc_status(pid: int) -> dict[str, int]:
 def create_users(database_url: str, secret: str,
                  people: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
     """Bring the schema up to date and create ``people`` (name -> role). Returns their keys and ids."""
-    from service import auth
-    from service.db import create_db_engine, init_db, make_session_factory
+    from service import accounts as auth
     from service.settings import Settings
+    from service.store.db import create_db_engine, init_db, make_session_factory
 
     engine = create_db_engine(database_url)
     try:
@@ -116,7 +116,7 @@ class LiveService:
         """Start uvicorn and wait until ``/api/v1/ready`` answers 200."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / f"uvicorn-{self.port}-{int(time.time() * 1000)}.log"
-        cmd = [sys.executable, "-m", "uvicorn", "service.asgi:app", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "uvicorn", "service.api.asgi:app", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers), "--timeout-keep-alive", "5",
                "--log-level", "warning", "--no-proxy-headers"]  # as `pollinid serve`: see trusted_proxies
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.environment(), stdout=self.log_path.open("wb"),

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from service.storage import TMP_PREFIX
-from service.tables import ModelVersion
+from service.store.storage import TMP_PREFIX
+from service.store.tables import ModelVersion
 from tests.hardening.support import ROOT, LiveService, create_users, distinct_photo
 from tests.helpers import write_tiny_model
 
@@ -112,8 +112,8 @@ def test_young_temporary_files_survive_the_start_up_cleaner(tmp_path: Path, sqli
     """Another process may be writing a temporary file right now: the cleaner leaves young ones alone."""
     import os
 
-    from service.db import create_db_engine, init_db, make_session_factory
-    from service.storage import clean_orphans
+    from service.store.db import create_db_engine, init_db, make_session_factory
+    from service.store.storage import clean_orphans
 
     engine = create_db_engine(sqlite_url)
     init_db(engine)
@@ -135,9 +135,9 @@ ACTIVATOR = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from sqlalchemy import event
-    from service.classifier import RuntimeOptions
-    from service.db import create_db_engine, make_session_factory
-    from service.registry import ModelRegistry
+    from service.inference.classifier import RuntimeOptions
+    from service.store.db import create_db_engine, make_session_factory
+    from service.inference.registry import ModelRegistry
 
     url, models, point = sys.argv[1], sys.argv[2], sys.argv[3]
     engine = create_db_engine(url)
@@ -171,9 +171,9 @@ ACTIVATOR = textwrap.dedent("""
 def test_sigkill_during_activation_leaves_exactly_one_consistent_active_version(
     tmp_path: Path, database_url: str, point: str, expected: str
 ) -> None:
-    from service.classifier import RuntimeOptions
-    from service.db import create_db_engine, init_db, make_session_factory
-    from service.registry import ModelRegistry
+    from service.inference.classifier import RuntimeOptions
+    from service.inference.registry import ModelRegistry
+    from service.store.db import create_db_engine, init_db, make_session_factory
 
     models = tmp_path / "models"
     write_tiny_model(models, "tiny", "1")

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from service.tables import Observation, Photo
+from service.store.tables import Observation, Photo
 from tests.hardening.corpus import Hostile, build_corpus, png_bomb
 from tests.hardening.support import LiveService, create_users
 from tests.helpers import photo_bytes, write_tiny_model

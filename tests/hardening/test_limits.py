@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service.app import create_app
-from service.ratelimit import FixedWindowCounter
+from service.api.app import create_app
+from service.api.ratelimit import FixedWindowCounter
 from service.settings import Settings
-from service.tables import Observation
+from service.store.tables import Observation
 from tests.hardening.support import LiveService, create_users
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.observation_support import Env, make_env

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from service import auth
+from service import accounts as auth
 from service.settings import Settings
-from service.tables import ApiKey, Identification, Observation, Photo, User
+from service.store.tables import ApiKey, Identification, Observation, Photo, User
 from tests.hardening.support import LiveService, create_users
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.observation_support import BLUE, GREEN, RED, Env, env  # noqa: F401

@@ -52,7 +52,7 @@ def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
 
 @contextlib.contextmanager
 def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python -m service.cli serve`` on a free port, on SQLite, until ``/ready`` answers."""
+    """``python -m service.cli.main serve`` on a free port, on SQLite, until ``/ready`` answers."""
     models = tmp_path / "models"
     if not models.exists():
         write_tiny_model(models, "tiny", "1")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 from tests.helpers import tiny_card, tiny_onnx_bytes
 from tests.service.observation_support import Env
 from tests.training.conftest import color_photo, make_imagefolder
@@ -54,7 +54,7 @@ def jpeg(color: tuple[int, int, int], seed: int) -> bytes:
 
 
 def add_new_taxa(env: Env) -> None:
-    from service.taxa import sync_taxa
+    from service.observations.taxa import sync_taxa
 
     with env.session() as session:
         sync_taxa(session, NEW_TAXA)

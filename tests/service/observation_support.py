@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import auth
-from service.app import create_app
+from service import accounts as auth
+from service.api.app import create_app
 from service.settings import Settings
 from tests.helpers import photo_bytes
 

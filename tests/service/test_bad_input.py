@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.helpers import photo_bytes
 from tests.service.identify_support import files, png_header_only, red_jpeg

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batching import BatcherStopped, InferenceError, MicroBatcher
-from service.classifier import RuntimeOptions, load_classifier
+from service.api.app import create_app
+from service.inference.batching import BatcherStopped, InferenceError, MicroBatcher
+from service.inference.classifier import RuntimeOptions, load_classifier
 from service.settings import Settings
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.identify_support import BLUE, RED, files, metric_value

@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service import classifier as clf_module
-from service.classifier import ProviderUnavailable, RuntimeOptions, load_classifier, logsumexp, softmax
+from service.inference import classifier as clf_module
+from service.inference.classifier import ProviderUnavailable, RuntimeOptions, load_classifier, logsumexp, softmax
 from tests.helpers import write_tiny_model
 
 

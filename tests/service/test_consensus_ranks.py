@@ -16,7 +16,7 @@ Tree used throughout (ids in brackets):
 
 from __future__ import annotations
 
-from service.consensus import Kind, Status, Vote, community_taxon
+from service.validation.consensus import Kind, Status, Vote, community_taxon
 
 INSECTA = (100,)
 ATALANTA = (100, 1, 2, 3, 4)

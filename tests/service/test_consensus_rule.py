@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.consensus import Kind, Status, Vote, community_taxon, taxon_scores
+from service.validation.consensus import Kind, Status, Vote, community_taxon, taxon_scores
 
 ORDER = (1,)
 NYMPH = (1, 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from service.settings import get_settings
 from tests.helpers import photo_bytes
 from tests.service.observation_support import BLUE, GREEN, Env, env  # noqa: F401

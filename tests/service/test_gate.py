@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.gate import GateConfig, compare
+from service.jobs.gate import GateConfig, compare
 
 
 def metrics(top1: float, recalls: dict[str, tuple[float, int]]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def test_no_active_model_passes() -> None:
 
 
 def test_new_classes_are_judged_on_their_own_held_out_photos() -> None:
-    from service.gate import GateConfig, compare, wilson_upper
+    from service.jobs.gate import GateConfig, compare, wilson_upper
 
     same = {"top1": 0.9, "per_class": {"a": {"recall": 0.9, "support": 10}}}
     new = {"per_class": {"bombus": {"recall": 0.0, "support": 5}, "vespidae": {"recall": 0.9, "support": 10},

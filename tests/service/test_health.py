@@ -2,7 +2,7 @@
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 
 
 def test_health_and_ready_on_a_real_database(settings):
@@ -17,7 +17,7 @@ def test_health_and_ready_on_a_real_database(settings):
 
 
 def test_ready_is_503_when_the_database_is_unreachable(sqlite_settings):
-    from service.db import create_db_engine
+    from service.store.db import create_db_engine
 
     with TestClient(create_app(sqlite_settings)) as client:
         working = client.app.state.engine

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.housekeeping import housekeep, tune_allocator
+from service.api.app import create_app
 from service.settings import Settings
-from service.storage import TMP_PREFIX
+from service.store.housekeeping import housekeep, tune_allocator
+from service.store.storage import TMP_PREFIX
 
 
 def _tmp_file(media: Path, name: str, age_seconds: float) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.helpers import photo_bytes, tiny_card, tiny_onnx_bytes
 from tests.service.identify_support import BLUE, GREEN, RED, files
@@ -83,7 +83,7 @@ def test_taxon_restricts_to_a_subtree_and_renormalises(client: TestClient, taxon
 
 def test_rollup_reports_genus_when_species_disagree(tmp_path, sqlite_url) -> None:
     """Two species of one genus at ~50/50: the roll-up is the genus, with their summed score."""
-    from service.modelcard import LabelTaxon
+    from service.core.modelcard import LabelTaxon
 
     models = tmp_path / "models"
     labels = ["red_admiral", "painted_lady", "common_blue"]

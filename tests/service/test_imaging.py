@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.imaging import DecodeLimits, decode_image
+from service.core.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.core.imaging import DecodeLimits, decode_image
 from tests.helpers import photo_bytes
 from tests.service.identify_support import RED, big_jpeg, files, png_header_only
 

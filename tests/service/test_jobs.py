@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
-from service.db import create_db_engine, init_db, make_session_factory
-from service.errors import Conflict, NotFound
-from service.jobs import JobState, Ownership
-from service.tables import Job
-from service.worker import Worker
+from service.core.errors import Conflict, NotFound
+from service.jobs import queue as jobs
+from service.jobs.queue import JobState, Ownership
+from service.jobs.worker import Worker
+from service.store.db import create_db_engine, init_db, make_session_factory
+from service.store.tables import Job
 from tests.service.jobs_support import base_dataset
 from tests.service.observation_support import Env, env  # noqa: F401
 
@@ -218,7 +218,7 @@ def test_export_job_runs_in_a_worker_and_is_downloaded(env: Env) -> None:  # noq
     assert worker.run_once() is True
     assert worker.run_once() is False  # nothing left
     done = env.client.get(f"/api/v1/admin/jobs/{job['id']}", headers=admin).json()
-    assert done["state"] == "succeeded", (done["error"], done["log_tail"])
+    assert done["state"] == "succeeded", (done["error"], "\n".join(done["log_tail"]))
     assert done["result"]["records"] == 1 and done["result"]["kind"] == "dwca"
     assert done["download"] == f"/api/v1/admin/jobs/{job['id']}/download"
     r = env.client.get(done["download"], headers=admin)

@@ -11,12 +11,12 @@ from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect
 
-from service.app import create_app
-from service.cli import main
-from service.db import create_db_engine
-from service.migrations import current_revision, downgrade, head_revision, upgrade
+from service.api.app import create_app
+from service.cli.main import main
 from service.settings import Settings
-from service.tables import Base
+from service.store.db import create_db_engine
+from service.store.migrations import current_revision, downgrade, head_revision, upgrade
+from service.store.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_downgrade_to_base_and_up_again(database_url: str) -> None:
 
 def test_concurrent_upgrades_from_several_processes_apply_once(database_url: str) -> None:
     code = (
-        "import sys; from service.db import create_db_engine; from service.migrations import upgrade; "
+        "import sys; from service.store.db import create_db_engine; from service.store.migrations import upgrade; "
         "e = create_db_engine(sys.argv[1]); upgrade(e); e.dispose()"
     )
     procs = [

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.app import create_app
-from service.modelcard import ModelCard
+from service.api.app import create_app
+from service.core.modelcard import ModelCard
+from service.inference.versions import disk_state, write_card_state
 from service.settings import Settings
-from service.tables import ModelActivation, ModelVersion
-from service.versions import disk_state, write_card_state
+from service.store.tables import ModelActivation, ModelVersion
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.observation_support import Env, make_env
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.classifier import RuntimeOptions
-from service.db import create_db_engine, init_db, make_session_factory
-from service.registry import ModelRegistry
+from service.inference.classifier import RuntimeOptions
+from service.inference.registry import ModelRegistry
 from service.settings import Settings
+from service.store.db import create_db_engine, init_db, make_session_factory
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.observation_support import Env, env  # noqa: F401
 
@@ -113,7 +113,7 @@ def test_swaps_made_by_another_process_drop_no_request_under_load(settings: Sett
                # Six clients on an idle machine pass the per-IP quota within seconds: measure swaps, not 429s.
                "POLLINID_RATE_LIMIT_ENABLED": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.asgi:app", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "uvicorn", "service.api.asgi:app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning"], cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     engine = create_db_engine(settings.resolved_database_url)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.settings import Settings
-from service.tables import Observation, Photo
+from service.store.tables import Observation, Photo
 from tests.helpers import photo_bytes
 from tests.service.observation_support import BLUE, GREEN, RED, Env, env, jpeg_with_exif, make_env  # noqa: F401
 

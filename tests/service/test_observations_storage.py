@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from service.app import create_app
-from service.observations import ObservationInput, create_observation, decode_uploads
-from service.storage import media_file
-from service.tables import Observation, Photo, User
+from service.api.app import create_app
+from service.observations.store import ObservationInput, create_observation, decode_uploads
+from service.store.storage import media_file
+from service.store.tables import Observation, Photo, User
 from tests.helpers import photo_bytes
 from tests.service.observation_support import BLUE, GREEN, Env, env  # noqa: F401
 

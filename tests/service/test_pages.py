@@ -4,7 +4,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 
 
 def test_pages_are_served_with_a_strict_csp(settings):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.modelcard import InputSpec
-from service.preprocess import decode_min_side, normalize, preprocess, resize_and_crop
+from service.core.modelcard import InputSpec
+from service.core.preprocess import decode_min_side, normalize, preprocess, resize_and_crop
 
 
 def _halves(w: int, h: int, horizontal: bool = True) -> Image.Image:

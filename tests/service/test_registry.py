@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.app import create_app
-from service.classifier import RuntimeOptions, load_classifier
-from service.errors import InvalidModel, NotFound
+from service.api.app import create_app
+from service.core.errors import InvalidModel, NotFound
+from service.inference.classifier import RuntimeOptions, load_classifier
 from service.settings import Settings
-from service.tables import ModelVersion
+from service.store.tables import ModelVersion
 from tests.helpers import photo_bytes, tiny_card, tiny_onnx_bytes, write_tiny_model
 from tests.service.identify_support import RED, files
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from service.jobs.worker import Worker
 from service.settings import Settings
-from service.worker import Worker
 from tests.service.jobs_support import (
     PURPLE,
     TRAIN_OPTIONS,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from service.jobs.worker import Worker
 from service.settings import Settings
-from service.worker import Worker
 from tests.helpers import write_tiny_model
 from tests.service.jobs_support import (
     PURPLE,
@@ -214,8 +214,8 @@ def test_retrain_requests_bound_to_fail_are_refused_at_request_time(head_env: En
 
 
 def test_new_classes_at_genus_family_and_species_rank_without_base_photos(head_env: Env, tmp_path: Path) -> None:
-    from service.modelcard import LabelTaxon, ModelCard
-    from service.taxa import sync_taxa
+    from service.core.modelcard import LabelTaxon, ModelCard
+    from service.observations.taxa import sync_taxa
 
     env = head_env
     _kit(env, tmp_path)

@@ -101,7 +101,7 @@ def test_paths_must_resolve_inside_the_data_folders(env: Env, tmp_path: Path) ->
 
 
 def test_data_roots_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.retrain import data_roots
+    from service.jobs.retrain import data_roots
 
     monkeypatch.setenv("POLLINID_RETRAIN_DATA_ROOTS", f"{tmp_path / 'a'}, {tmp_path / 'b'}")
     s = Settings(data_dir=tmp_path / "data")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.exports import export, write_training_manifest
-from service.retrain import observation_taxonomy, prepare
-from service.schemas.jobs import RetrainCreate
-from service.tables import Observation, Taxon
-from service.taxa import import_taxonomy_csv, rebuild_paths
-from service.taxonomy import TaxonTree, read_taxonomy_csv
+from service.api.schemas.jobs import RetrainCreate
+from service.core.taxonomy import TaxonTree, read_taxonomy_csv
+from service.exports.writers import export, write_training_manifest
+from service.jobs.retrain import observation_taxonomy, prepare
+from service.observations.taxa import import_taxonomy_csv, rebuild_paths
+from service.store.tables import Observation, Taxon
 from tests.service.jobs_support import base_dataset, jpeg
 from tests.service.observation_support import BLUE, GREEN, RED, Env, env  # noqa: F401
 from tests.service.test_taxa_ranks import MIXED
@@ -168,8 +168,8 @@ def test_exports_never_show_no_insect_as_a_taxon(env: Env, tmp_path: Path) -> No
 
 
 def test_migration_0003_reads_observations_closed_as_cannot_tell(env: Env) -> None:  # noqa: F811
-    from service.db import create_db_engine
-    from service.migrations import current_revision, downgrade, head_revision, upgrade
+    from service.store.db import create_db_engine
+    from service.store.migrations import current_revision, downgrade, head_revision, upgrade
 
     flower = _observation(env, 1)
     assert _identify(env, flower, None, None)["status"] == "not_an_insect"

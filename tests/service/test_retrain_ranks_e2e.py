@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from service.modelcard import LabelTaxon, ModelCard
+from service.core.modelcard import LabelTaxon, ModelCard
+from service.jobs.worker import Worker
+from service.observations.taxa import sync_taxa, taxon_for_label
 from service.settings import Settings
-from service.taxa import sync_taxa, taxon_for_label
-from service.worker import Worker
 from tests.service.jobs_support import PURPLE, TRAIN_OPTIONS, YELLOW, base_dataset, jpeg, write_weak_model
 from tests.service.observation_support import BLUE, GREEN, RED, Env, make_env
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from service.cli import main
+from service.cli.main import main
+from service.observations.taxa import sync_taxa_from_card
 from service.settings import get_settings
-from service.tables import Taxon, TaxonLabel
-from service.taxa import sync_taxa_from_card
+from service.store.tables import Taxon, TaxonLabel
 from tests.helpers import tiny_card
 from tests.service.observation_support import Env, env  # noqa: F401
 

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from service.cli import main
-from service.modelcard import LabelTaxon
-from service.settings import get_settings
-from service.tables import Observation, Taxon, TaxonLabel
-from service.taxa import (
+from service.cli.main import main
+from service.core.modelcard import LabelTaxon
+from service.observations.taxa import (
     UnknownTaxon,
     ancestors,
     import_taxonomy_csv,
@@ -27,6 +25,8 @@ from service.taxa import (
     sync_taxa_from_card,
     taxon_for_label,
 )
+from service.settings import get_settings
+from service.store.tables import Observation, Taxon, TaxonLabel
 from tests.helpers import tiny_card
 from tests.service.observation_support import Env, env  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""The label tree at any rank, and the committed answer (service/taxonomy.py), also through /identify."""
+"""The label tree at any rank, and the committed answer (service/core/taxonomy.py), also through /identify."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.modelcard import InputSpec, LabelTaxon, ModelCard
-from service.settings import Settings
-from service.taxonomy import (
+from service.api.app import create_app
+from service.core.modelcard import InputSpec, LabelTaxon, ModelCard
+from service.core.taxonomy import (
     ROOT_KEY,
     TaxonTree,
     committed_answer,
@@ -18,6 +17,7 @@ from service.taxonomy import (
     read_taxonomy_csv,
     thresholds_for,
 )
+from service.settings import Settings
 from tests.helpers import photo_bytes, tiny_onnx_bytes
 from tests.service.identify_support import BLUE, GREEN, RED, files
 

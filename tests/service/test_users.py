@@ -8,9 +8,9 @@ import hmac
 import pytest
 from sqlalchemy import select
 
-from service.cli import main
+from service.cli.main import main
 from service.settings import Settings, get_settings
-from service.tables import ApiKey, User
+from service.store.tables import ApiKey, User
 from tests.service.observation_support import Env, env  # noqa: F401
 
 
@@ -27,7 +27,7 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch):
 def test_cli_creates_a_user_whose_key_works_and_is_stored_as_hmac(cli_env: Settings, capsys) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     assert main(["users", "create", "--name", "Ada", "--role", "expert"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]

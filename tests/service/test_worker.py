@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
-from service.db import create_db_engine, init_db, make_session_factory
-from service.retrain import check_request
-from service.schemas.jobs import RetrainCreate
+from service.api.schemas.jobs import RetrainCreate
+from service.jobs import queue as jobs
+from service.jobs.retrain import check_request
+from service.jobs.worker import Worker
 from service.settings import Settings
-from service.tables import Job
-from service.worker import Worker
+from service.store.db import create_db_engine, init_db, make_session_factory
+from service.store.tables import Job
 from tests.service.jobs_support import TRAIN_OPTIONS, base_dataset, pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def test_a_failing_child_fails_the_job_with_its_reason(setup: tuple[Settings, se
 
 
 def test_serve_has_a_with_worker_flag() -> None:
-    from service.cli import build_parser
+    from service.cli.main import build_parser
 
     args = build_parser().parse_args(["serve", "--with-worker", "--port", "9999"])
     assert args.with_worker is True

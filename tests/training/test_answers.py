@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.modelcard import LabelTaxon
-from service.taxonomy import TaxonTree, committed_answer, thresholds_for
+from service.core.modelcard import LabelTaxon
+from service.core.taxonomy import TaxonTree, committed_answer, thresholds_for
 from training.answers import (
     AnswerTable,
     answer_metrics,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 from training.calibration import calibrate, energy_scores, fit_energy_threshold, fit_temperature
 from training.losses import balanced_weights, smoothing_matrix
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from service.cli import main
-from service.modelcard import ONNX_METADATA_KEY, ModelCard
+from service.cli.main import main
+from service.core.modelcard import ONNX_METADATA_KEY, ModelCard
 
 from .conftest import color_photo
 
@@ -210,8 +210,8 @@ def test_mirror_tta_is_baked_into_the_exported_graph(color_dataset: Path, tmp_pa
     import numpy as np
     from PIL import Image
 
-    from service.classifier import RuntimeOptions, load_classifier
-    from service.preprocess import preprocess
+    from service.core.preprocess import preprocess
+    from service.inference.classifier import RuntimeOptions, load_classifier
 
     run, export = tmp_path / "run", tmp_path / "models" / "colors" / "1"
     _train(color_dataset, run, "--mode", "full", "--epochs", "1", "--mirror-tta", "--export-dir", str(export))
@@ -275,7 +275,7 @@ def test_bad_option_is_a_clear_error(color_dataset: Path, tmp_path: Path) -> Non
 def test_training_cli_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
-        "from service.cli import build_parser\n"
+        "from service.cli.main import build_parser\n"
         "p = build_parser(); a = p.parse_args(['train', '--data', 'x'])\n"
         "assert a.func.__module__ == 'training.cli'\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

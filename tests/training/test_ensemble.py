@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import main
-from service.modelcard import InputSpec, ModelCard
+from service.cli.main import main
+from service.core.modelcard import InputSpec, ModelCard
 from tests.helpers import COLOR_LABELS
 
 from .conftest import color_photo
@@ -64,8 +64,8 @@ def _ensemble(*args: str) -> int:
 def test_two_input_sizes_become_one_served_model(
     members: list[tuple[Path, Path]], tmp_path: Path, capsys
 ) -> None:
-    from service.classifier import RuntimeOptions, load_classifier
-    from service.preprocess import preprocess
+    from service.core.preprocess import preprocess
+    from service.inference.classifier import RuntimeOptions, load_classifier
 
     (pt_a, dir_a), (pt_b, dir_b) = members
     out = tmp_path / "models" / "colors-ens" / "1"

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.classifier import RuntimeOptions, load_classifier
-from service.modelcard import ONNX_METADATA_KEY, InputSpec, ModelCard
+from service.core.modelcard import ONNX_METADATA_KEY, InputSpec, ModelCard
+from service.inference.classifier import RuntimeOptions, load_classifier
 from training.backbones import create_model
 from training.export import ExportError, export_model, load_card_from_onnx, parity_check, synthetic_photos
 

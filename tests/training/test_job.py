@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.modelcard import ModelCard
+from service.core.modelcard import ModelCard
 from training.job import run_training
 
 

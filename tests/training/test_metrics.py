@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.modelcard import LabelTaxon
+from service.core.modelcard import LabelTaxon
 from training import metrics
 
 # Three photos, three classes. Scores chosen so the ranks are easy to read.

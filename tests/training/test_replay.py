@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.classifier import RuntimeOptions, load_classifier
-from service.modelcard import ModelCard
+from service.core.modelcard import ModelCard
+from service.inference.classifier import RuntimeOptions, load_classifier
 from training.data import read_imagefolder
 from training.evaluation import evaluate_model_dir
 from training.replay import (
@@ -48,8 +48,8 @@ def test_matmul_add_head_is_found_replaced_and_reproduced(tmp_path: Path, color_
     card = ModelCard.load(src).model_copy(update={"version": "2", "labels": [*ModelCard.load(src).labels, "x"]})
     write_head_model(src, tmp_path / "m" / "tiny" / "2", weight, bias, card)
     clf = load_classifier(tmp_path / "m" / "tiny" / "2", RuntimeOptions(providers="cpu"))
-    from service.imaging import decode_image
-    from service.preprocess import preprocess
+    from service.core.imaging import decode_image
+    from service.core.preprocess import preprocess
 
     batch = np.stack([preprocess(decode_image(Path(p).read_bytes()).image, card.input) for p in paths])
     assert np.allclose(clf.run(batch), logits_of(feats, weight, bias), atol=1e-4)

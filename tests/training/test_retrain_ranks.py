@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from service.taxonomy import TaxonTree, read_taxonomy_csv
+from service.core.taxonomy import TaxonTree, read_taxonomy_csv
 from tests.training.conftest import TAXONOMY_CSV, color_photo
 from training.worker_entry import build_dataset
 

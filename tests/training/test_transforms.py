@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from service.imaging import decode_image
-from service.modelcard import InputSpec
-from service.preprocess import preprocess
+from service.core.imaging import decode_image
+from service.core.modelcard import InputSpec
+from service.core.preprocess import preprocess
 from training.data import PhotoDataset, Sample
 from training.transforms import AugmentConfig, EvalTransform, TrainTransform
 

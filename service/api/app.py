@@ -1,0 +1,118 @@
+"""The FastAPI application: ``create_app(settings)`` wires everything in one place.
+
+Heavy resources (database engine, ONNX model, batcher) are created in the lifespan, never at import
+time, and kept on ``app.state``; routes reach them through the dependencies in :mod:`service.api.deps`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.core.errors import register_exception_handlers
+from service.settings import Settings, get_settings
+from service.store.db import create_db_engine, init_db, make_session_factory
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.media_path.mkdir(parents=True, exist_ok=True)
+        engine = create_db_engine(settings.resolved_database_url)
+        init_db(engine)
+        app.state.engine = engine
+        app.state.sessionmaker = make_session_factory(engine)
+        from service.inference.identify import start_identification, stop_identification
+
+        await start_identification(app.state, settings)  # registry + active model, batcher, model poller
+        # Retrained versions (data folder) are listed next to the releases, with the state read from disk.
+        from service.inference.versions import attach_trained_models
+
+        await attach_trained_models(app.state.registry, settings.trained_models_path)
+        from service.observations.taxa import install_taxa_sync
+        from service.store.storage import clean_orphans
+
+        install_taxa_sync(app.state)  # taxa of the model cards, now and on every swap
+        clean_orphans(app.state.sessionmaker, settings.media_path,  # photos left by a crashed upload
+                      grace_seconds=settings.orphan_grace_seconds)
+        from service.store.housekeeping import start_housekeeping, stop_housekeeping, tune_allocator
+
+        tune_allocator(settings)  # large upload buffers go back to the system when freed
+        start_housekeeping(app.state, settings)  # old temporary files, periodically (not only at start)
+        try:
+            yield
+        finally:
+            await stop_housekeeping(app.state)
+            await stop_identification(app.state)
+            engine.dispose()
+
+    app = FastAPI(
+        title="pollinid",
+        version=__version__,
+        description="Identify pollinating insects from photos; record, validate and learn from observations.",
+        lifespan=lifespan,
+        docs_url=None,  # served from local assets by mount_pages: no CDN
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    register_exception_handlers(app)
+
+    from service.api.middleware import BodySizeLimitMiddleware, UploadLimitMiddleware
+    from service.telemetry import MetricsMiddleware
+
+    # Innermost: a waiting upload has read nothing; an admitted one is still under the size cap and deadline.
+    app.add_middleware(UploadLimitMiddleware, paths=("/api/v1/identify", "/api/v1/observations"),
+                       limit=settings.max_concurrent_uploads, wait_seconds=settings.upload_queue_seconds,
+                       max_bytes=settings.max_upload_bytes_in_flight, default_size=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    from service.api.security import install_hardening
+
+    install_hardening(app, settings)  # body deadline, rate limits, security headers, CORS
+    app.add_middleware(MetricsMiddleware)  # outermost: times and counts everything, 413s included
+    from service.api.security import trust_forwarded_headers
+
+    trust_forwarded_headers(app, settings)  # outermost of all: the client address every layer sees
+
+    from service.api.routes import health, identify, metrics
+
+    app.include_router(health.router, prefix="/api/v1")
+    app.include_router(identify.router, prefix="/api/v1")
+    app.include_router(metrics.router)
+    from service.api.routes import (
+        admin,
+        exports,
+        identifications,
+        media,
+        observations,
+        stats,
+        taxa,
+        users,
+        validation,
+    )
+
+    for module in (users, admin, observations, identifications, validation, taxa, media, stats, exports):
+        app.include_router(module.router, prefix="/api/v1")
+    from service.api.routes import jobs as job_routes
+    from service.api.routes import models as model_routes
+
+    app.include_router(job_routes.router, prefix="/api/v1")
+    app.include_router(model_routes.router, prefix="/api/v1")
+
+    # Web pages last, so API routes always win.
+    from service.api.routes.pages import mount_pages
+
+    mount_pages(app, settings.frontend_dir)
+    from service.api.openapi_errors import document_errors
+
+    document_errors(app, rate_limited=settings.rate_limit_enabled)  # every error answer, one JSON model
+    return app

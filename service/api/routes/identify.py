@@ -1,0 +1,75 @@
+"""``POST /api/v1/identify``: which insect is in these photos?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from service import accounts as auth
+from service.core.errors import PayloadTooLarge, error_body
+from service.core.imaging import check_upload_head
+from service.inference.identify import identify
+from service.inference.results import IdentifyResponse
+from service.store.tables import User
+
+
+async def identify_access(request: Request) -> User | None:
+    """Public unless ``settings.identify_requires_key``; a key that is sent must be valid either way.
+
+    Same rule as :func:`service.api.deps.require_identify_access`, but the anonymous public path (the hot path)
+    touches neither the database nor a worker thread.
+    """
+    if not request.app.state.settings.identify_requires_key and auth.bearer_key(request) is None:
+        return None
+
+    def check() -> User | None:
+        with request.app.state.sessionmaker() as session:
+            return auth.identify_user(request, session)
+
+    return await run_in_threadpool(check)
+
+
+identify_access.pollinid_identify = True  # type: ignore[attr-defined]  # read by the permissions test
+
+# Public unless settings.identify_requires_key (then any valid API key).
+router = APIRouter(tags=["identify"], dependencies=[Depends(identify_access)])
+
+_ERRORS = {
+    413: {"description": "a photo or the whole request is over the size limit",
+          "content": {"application/json": {"example": error_body("payload_too_large", "...")}}},
+    415: {"description": "not a JPEG, PNG, WebP or HEIC photo"},
+    422: {"description": "bad photo (empty, corrupt, truncated, too many pixels) or bad parameters "
+                         "(number of photos, top_k, unknown taxon)"},
+    503: {"description": "no model is loaded"},
+}
+
+
+@router.post("/identify", response_model=IdentifyResponse, responses=_ERRORS)  # type: ignore[arg-type]
+async def identify_photos(
+    request: Request,
+    images: Annotated[list[UploadFile], File(description="1–5 photos of the same individual (JPEG, PNG, "
+                                                         "WebP, HEIC)")],
+    top_k: Annotated[int | None, Query(ge=1, description="how many taxa to list (default 5)")] = None,
+    taxon: Annotated[str | None, Query(max_length=200, description="restrict answers to this taxon's "
+                                       "subtree: a scientific name, model label or common name")] = None,
+) -> IdentifyResponse:
+    """Identify the insect in 1–5 photos: top-k taxa per photo and fused, with a taxonomic roll-up."""
+    settings = request.app.state.settings
+    kept = images[: settings.max_images]
+    for i, upload in enumerate(kept):
+        if upload.size is not None and upload.size > settings.max_upload_bytes:
+            raise PayloadTooLarge(f"photo {i + 1} is {upload.size} bytes; the limit is "
+                                  f"{settings.max_upload_bytes} bytes per photo",
+                                  detail={"photo": i + 1, "limit_bytes": settings.max_upload_bytes})
+    if len(images) <= settings.max_images and 1 <= (top_k or settings.default_top_k) <= settings.max_top_k:
+        # Refuse junk from its first bytes, before any file is read into memory (the checks above and
+        # identify()'s own count/top_k checks keep their precedence).
+        for i, upload in enumerate(kept):
+            await check_upload_head(upload, i + 1)
+    datas: list[bytes] = [await upload.read() for upload in kept]
+    if len(images) > len(datas):
+        datas.extend(b"" for _ in range(len(images) - len(datas)))  # counted, never read
+    return await identify(request.app.state, datas, top_k=top_k or settings.default_top_k, taxon=taxon,
+                          filenames=[u.filename for u in images])

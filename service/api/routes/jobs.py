@@ -1,0 +1,93 @@
+"""Admins start retrain and export jobs, follow them, cancel them and download their output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import FileResponse
+
+from service.accounts import Role
+from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.schemas.jobs import ExportCreate, JobPublic, JobsPublic, RetrainCreate
+from service.core.errors import Conflict, NotFound
+from service.jobs import queue as jobs
+from service.jobs.retrain import check_request
+from service.store.tables import Job
+
+router = APIRouter(prefix="/admin", tags=["jobs"], dependencies=[Depends(require_role(Role.admin))])
+
+
+def job_public(job: Job) -> JobPublic:
+    out = JobPublic.model_validate(job)
+    if job.kind == jobs.JobKind.export and job.state == jobs.JobState.succeeded and job.result:
+        out.download = f"/api/v1/admin/jobs/{job.id}/download"
+    return out
+
+
+@router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: SettingsDep,
+                       user: CurrentUser) -> JobPublic:
+    """Queue a retrain job: base dataset plus validated observations, gated against the active model."""
+    params = check_request(body, session=session, settings=settings)
+    job = jobs.create_job(session=session, kind="retrain", params=params, created_by=user.id,
+                          max_attempts=settings.job_max_attempts)
+    session.commit()
+    return job_public(job)
+
+
+@router.post("/exports", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+def create_export_job(body: ExportCreate, session: SessionDep, settings: SettingsDep,
+                      user: CurrentUser) -> JobPublic:
+    """Queue an export job (dwca, csv or training manifest); download it when it has succeeded."""
+    job = jobs.create_job(session=session, kind="export", params={"kind": body.kind}, created_by=user.id,
+                          max_attempts=settings.job_max_attempts)
+    session.commit()
+    return job_public(job)
+
+
+@router.get("/jobs", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    kind: Literal["retrain", "export"] | None = None,
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> JobsPublic:
+    """Jobs, newest first."""
+    rows, count = jobs.list_jobs(session=session, kind=kind, state=state, limit=limit, offset=offset)
+    return JobsPublic(data=[job_public(j) for j in rows], count=count)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def read_job(job_id: int, session: SessionDep) -> JobPublic:
+    """One job: state, progress, epoch, metrics, log tail, heartbeat, result."""
+    return job_public(jobs.get_job(session=session, job_id=job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+    """Cancel a queued job, or stop a running one (its worker stops the training process)."""
+    job = jobs.request_cancel(session=session, job_id=job_id)
+    session.commit()
+    return job_public(job)
+
+
+@router.get("/jobs/{job_id}/download", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}, "text/csv": {}}}})
+def download_job_output(job_id: int, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    """The file an export job wrote."""
+    job = jobs.get_job(session=session, job_id=job_id)
+    kind, state, result = job.kind, job.state, dict(job.result or {})
+    session.rollback()  # end the transaction before streaming (on SQLite it holds the write lock)
+    if kind != jobs.JobKind.export:
+        raise NotFound(f"job {job_id} is a {kind} job; only export jobs have a download")
+    if state != jobs.JobState.succeeded or not result:
+        raise Conflict(f"job {job_id} is {state}; its file can be downloaded once it has succeeded")
+    path = Path(str(result.get("path", "")))
+    root = settings.jobs_path.resolve()
+    if not path.is_file() or root not in path.resolve().parents:
+        raise NotFound(f"the output of job {job_id} is no longer on the server")
+    return FileResponse(path, media_type=str(result.get("media_type") or "application/octet-stream"),
+                        filename=str(result.get("filename") or path.name))

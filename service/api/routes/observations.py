@@ -1,0 +1,201 @@
+"""Observations: upload, list, read and edit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BeforeValidator
+
+from service.accounts import ALL_ROLES
+from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.schemas.observations import (
+    Licence,
+    ObservationPublic,
+    ObservationsPublic,
+    ObservationStatus,
+    ObservationUpdate,
+    iso_8601,
+)
+from service.core.errors import ModelUnavailable, PayloadTooLarge
+from service.core.imaging import check_upload_head
+from service.observations import store as obs_domain
+from service.observations.store import ObservationFilters, ObservationInput, PredictionFields, UploadedPhoto
+from service.store.tables import Observation
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(
+    prefix="/observations", tags=["observations"], dependencies=[Depends(require_role(*ALL_ROLES))]
+)
+
+
+async def predict(request: Request, photos: list[UploadedPhoto]) -> PredictionFields | None:
+    """The active model's answer for the photos, or None when no model is loaded (the upload goes on)."""
+    state = request.app.state
+    if getattr(state, "registry", None) is None:
+        return None
+    from service.inference.identify import identify
+
+    try:
+        response = await identify(
+            state, [p.data for p in photos], top_k=state.settings.default_top_k, taxon=None
+        )
+    except ModelUnavailable:
+        return None
+    except Exception:  # a prediction problem must never lose a volunteer's observation
+        logger.warning("no prediction stored for a new observation", exc_info=True)
+        return None
+    return obs_domain.prediction_from_response(response)
+
+
+@router.post(
+    "",
+    response_model=ObservationPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"description": "never: a replay answers 201 with Idempotent-Replayed: true"},
+        413: {"description": "a photo is over the size limit"},
+        415: {"description": "not a photo"},
+        422: {"description": "bad photo count, photo, metadata or Idempotency-Key"},
+    },
+)
+async def create_observation(
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    settings: SettingsDep,
+    photos: Annotated[list[UploadFile], File(description="1–5 photos of one insect")],
+    observed_at: Annotated[
+        datetime | None, BeforeValidator(iso_8601),
+        Form(description="when, ISO 8601 (2024-06-01T10:00:00Z); default: the photos' EXIF date"),
+    ] = None,
+    latitude: Annotated[float | None, Form(description="WGS84; default: the photos' EXIF GPS")] = None,
+    longitude: Annotated[float | None, Form()] = None,
+    coordinate_precision_m: Annotated[float | None, Form(description="uncertainty radius, metres")] = None,
+    flower: Annotated[str | None, Form(max_length=255, description="visited flower, free text")] = None,
+    flower_taxon: Annotated[str | None, Form(max_length=255, description="visited flower as a taxon")] = None,
+    session_id: Annotated[str | None, Form(max_length=128, description="groups one SPIPOLL session")] = None,
+    licence: Annotated[Licence, Form()] = "CC-BY",
+    notes: Annotated[str | None, Form(max_length=10_000)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Any:
+    """Record an observation: 1–5 photos, when, where, the visited flower; the model's prediction is kept."""
+    key = obs_domain.check_idempotency_key(idempotency_key)
+    if len(photos) > settings.max_images:
+        raise obs_domain.TooManyPhotos(
+            f"{len(photos)} photos sent; an observation has at most {settings.max_images}",
+            detail={"max_images": settings.max_images, "received": len(photos)},
+        )
+    for i, upload in enumerate(photos):
+        if upload.size is not None and upload.size > settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"photo {i + 1} is {upload.size} bytes; the limit is "
+                f"{settings.max_upload_bytes} bytes per photo"
+            )
+    for i, upload in enumerate(photos):  # junk is refused from its first bytes, before it is read
+        await check_upload_head(upload, i + 1)
+    blobs: list[bytes] = [await upload.read() for upload in photos]
+    # Decode in the bounded decode pool (as /identify does), not in the 40-thread default pool: at most
+    # decode_threads photos are being decoded at once, which bounds memory under a flood of big photos.
+    decoded = await asyncio.get_running_loop().run_in_executor(
+        getattr(request.app.state, "decode_pool", None), obs_domain.decode_uploads, blobs, settings
+    )
+    meta = ObservationInput(
+        observed_at=observed_at,
+        latitude=latitude,
+        longitude=longitude,
+        coordinate_precision_m=coordinate_precision_m,
+        flower=flower,
+        flower_taxon=flower_taxon,
+        session_id=session_id,
+        licence=licence,
+        notes=notes,
+    )
+    factory = request.app.state.sessionmaker
+
+    def already_recorded() -> bool:
+        with factory() as s:
+            return key is not None and obs_domain.find_by_idempotency_key(s, user.id, key) is not None
+
+    # A retry is answered from the database without running the model again.
+    replay = key is not None and await run_in_threadpool(already_recorded)
+    prediction = None if replay else await predict(request, decoded)
+    created = await run_in_threadpool(
+        lambda: obs_domain.create_observation(
+            factory=factory,
+            settings=settings,
+            observer=user,
+            meta=meta,
+            photos=decoded,
+            prediction=prediction,
+            idempotency_key=key,
+        )
+    )
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+
+    def render() -> Any:
+        with factory() as s:
+            obs = s.get(Observation, created.observation.id)
+            return obs_domain.to_public(s, [obs])[0]
+
+    return await run_in_threadpool(render)
+
+
+@router.get("", response_model=ObservationsPublic)
+def list_observations(
+    user: CurrentUser,
+    session: SessionDep,
+    status_: Annotated[ObservationStatus | None, Query(alias="status")] = None,
+    taxon: Annotated[
+        str | None, Query(max_length=255, description="taxon id or name; includes descendants")
+    ] = None,
+    observer: Annotated[int | None, Query(description="observer's user id")] = None,
+    session_id: Annotated[str | None, Query(max_length=128)] = None,
+    observed_from: Annotated[datetime | None, BeforeValidator(iso_8601), Query()] = None,
+    observed_to: Annotated[datetime | None, BeforeValidator(iso_8601), Query()] = None,
+    bbox: Annotated[str | None, Query(max_length=200, description="min_lon,min_lat,max_lon,max_lat")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=100, description="next_cursor of the previous page")
+    ] = None,
+) -> Any:
+    """List observations, newest first; volunteers see only their own."""
+    f = ObservationFilters(
+        status=status_,
+        taxon=taxon,
+        observer=observer,
+        session_id=session_id,
+        observed_from=observed_from,
+        observed_to=observed_to,
+        bbox=bbox,
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
+    )
+    rows, count, next_cursor = obs_domain.list_observations(session, user, f)
+    return {"data": obs_domain.to_public(session, rows), "count": count, "next_cursor": next_cursor}
+
+
+@router.get("/{observation_id}", response_model=ObservationPublic)
+def read_observation(observation_id: int, user: CurrentUser, session: SessionDep) -> Any:
+    """One observation with its photos, prediction and consensus."""
+    obs = obs_domain.get_observation_for(session, user, observation_id)
+    return obs_domain.to_public(session, [obs])[0]
+
+
+@router.patch("/{observation_id}", response_model=ObservationPublic)
+def update_observation(
+    observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep
+) -> Any:
+    """Edit an observation's metadata (its observer or an admin)."""
+    obs = obs_domain.get_observation_for(session, user, observation_id, for_update=True)
+    obs_domain.update_observation(session, user, obs, body.model_dump(exclude_unset=True))
+    session.commit()
+    return obs_domain.to_public(session, [obs])[0]

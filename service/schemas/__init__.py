@@ -1,4 +1,0 @@
-"""Request and response classes (pydantic), one module per resource family.
-
-ORM classes live in :mod:`service.tables`; "model" always means the ML model.
-"""
