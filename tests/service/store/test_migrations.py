@@ -18,7 +18,7 @@ from service.store.db import create_db_engine
 from service.store.migrations import current_revision, downgrade, head_revision, upgrade
 from service.store.tables import Base
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _diff(engine) -> list:
