@@ -37,7 +37,7 @@ import numpy as np
 
 from service import telemetry as metrics
 from service.core.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, PollinidError
-from service.core.imaging import DecodeLimits, decode_image
+from service.core.imaging import DecodedImage, DecodeLimits, decode_image
 from service.core.modelcard import InputSpec
 from service.core.preprocess import decode_min_side, preprocess
 from service.core.taxonomy import committed_answer, plain_answer, thresholds_for
@@ -80,13 +80,22 @@ def prepare_photo(data: bytes, spec: InputSpec, limits: DecodeLimits) -> Prepare
     """Decode untrusted bytes (DCT-scaled when far larger than needed) and preprocess them for ``spec``."""
     t0 = time.perf_counter()
     decoded = decode_image(data, limits=limits, min_side=decode_min_side(spec))
+    return prepare_decoded(spec, decoded, t0)
+
+
+def prepare_decoded(spec: InputSpec, decoded: DecodedImage, started: float) -> PreparedPhoto:
+    """Preprocess a photo already decoded (at ``decode_min_side(spec)``) for ``spec``.
+
+    The observation path decodes each upload once, for its metadata, and calls this on the same pixels;
+    ``started`` is when that decode began (``time.perf_counter()``), for the timings.
+    """
     tensor = preprocess(decoded.image, spec)
     ow, oh = decoded.original_size
     dw, dh = decoded.image.size
     if (dw > dh) != (ow > oh) and dw != dh:  # EXIF orientation turned the photo by 90 degrees
         ow, oh = oh, ow
     return PreparedPhoto(tensor=tensor, width=ow, height=oh, format=decoded.format,
-                         draft_scale=decoded.draft_scale, decode_ms=(time.perf_counter() - t0) * 1000.0)
+                         draft_scale=decoded.draft_scale, decode_ms=(time.perf_counter() - started) * 1000.0)
 
 
 # -- wiring (called from the app's lifespan) ------------------------------------------------------------
@@ -241,7 +250,7 @@ async def identify(state: Any, images: list[bytes], *, top_k: int, taxon: str | 
     settings: Settings = state.settings
     n = len(images)
     if n < 1:
-        raise InvalidRequest("send at least one photo in the multipart field 'images'")
+        raise InvalidRequest("send at least one photo in the multipart field 'photos'")
     if n > settings.max_images:
         raise InvalidRequest(f"send at most {settings.max_images} photos of the same individual; got {n}",
                              detail={"max_images": settings.max_images, "received": n})
@@ -287,6 +296,38 @@ async def identify(state: Any, images: list[bytes], *, top_k: int, taxon: str | 
             submitted += 1
     finally:
         batcher.release(n - submitted)
+    return await _answer(state, clf, prepared, futures, mask=mask, taxon_filter=taxon_filter, top_k=top_k,
+                         names=names, t_start=t_start, decode_wall=decode_wall)
+
+
+async def identify_prepared(state: Any, clf: Classifier, prepared: list[PreparedPhoto], *,
+                            top_k: int) -> IdentifyResponse:
+    """Identify photos already decoded and preprocessed for ``clf`` (by :func:`prepare_decoded`).
+
+    The prediction stored with a new observation: the upload was decoded, and its limits checked, once
+    by :func:`service.observations.photos.decode_uploads`; this only runs the model on those tensors.
+    """
+    t_start = time.perf_counter()
+    n = len(prepared)
+    batcher: MicroBatcher = state.batcher
+    batcher.expect(n)  # the photos of one observation go into one batch
+    futures = []
+    try:
+        for photo in prepared:
+            futures.append(batcher.submit(clf, photo.tensor, announced=True))
+    finally:
+        batcher.release(n - len(futures))
+    return await _answer(state, clf, prepared, futures, mask=None, taxon_filter=None, top_k=top_k,
+                         names=[None] * n, t_start=t_start, decode_wall=sum(p.decode_ms for p in prepared))
+
+
+async def _answer(state: Any, clf: Classifier, prepared: list[PreparedPhoto],
+                  futures: list[asyncio.Future[InferenceResult]], *, mask: np.ndarray | None,
+                  taxon_filter: TaxonPublic | None, top_k: int, names: list[str | None], t_start: float,
+                  decode_wall: float) -> IdentifyResponse:
+    """Wait for the logits, then calibrate, fuse and roll up: the answer for the photos of one individual."""
+    settings: Settings = state.settings
+    n = len(prepared)
     inferred: list[InferenceResult] = list(await asyncio.gather(*futures))
 
     t_post = time.perf_counter()
