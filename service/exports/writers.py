@@ -30,10 +30,10 @@ from xml.sax.saxutils import escape
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from service.core.clock import as_utc
 from service.core.errors import InvalidRequest
 from service.core.modelcard import NOT_A_TAXON, RANKS
 from service.core.taxonomy import NO_INSECT
-from service.observations.store import as_utc
 from service.settings import Settings
 from service.store.storage import media_file
 from service.store.tables import Identification, Observation, Taxon, TaxonLabel, User

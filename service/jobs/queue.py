@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core.clock import as_utc
 from service.core.errors import Conflict, NotFound
-from service.observations.store import as_utc
 from service.store.tables import Job
 
 logger = logging.getLogger(__name__)
