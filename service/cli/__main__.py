@@ -1,7 +1,7 @@
-"""``python -m service.cli.main``: the pollinid command."""
+"""``python -m service.cli``: the pollinid command."""
 
 import sys
 
-from service.cli.main.main import main
+from service.cli.main import main
 
 sys.exit(main())
