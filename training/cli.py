@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training.config import TrainConfig, add_arguments, config_values
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,155 +41,16 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         description="Train a classifier on labelled photos and export it as a model "
         "version (ONNX + model card + evaluation report).",
     )
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        help="ImageFolder root, CSV manifest or COCO/iNat JSON; give it several times to merge sources",
-    )
-    p.add_argument("--valid", help="a second manifest/JSON for the validation split")
-    p.add_argument("--image-root", help="folder COCO file names are relative to")
-    p.add_argument("--taxonomy", help="taxonomy CSV (label,scientific_name,common_name,rank,genus,family,...)")
-    p.add_argument("--out", default="runs/latest", help="run folder (checkpoints, config, curves)")
     p.add_argument("--config", help="JSON file of options; command-line flags override it")
-    p.add_argument(
-        "--backbone",
-        default="efficientnet_lite0",
-        help="efficientnet_lite0/1/2, torchvision:<arch>, timm:<arch>, tiny_cnn",
-    )
-    p.add_argument("--weights", help="pretrained weights file (torchvision/timm backbones need one)")
-    p.add_argument(
-        "--no-pretrained",
-        dest="pretrained",
-        action="store_false",
-        default=None,
-        help="start from random weights",
-    )
-    p.add_argument("--mode", choices=["linear", "partial", "full"], help="what is trained (default partial)")
-    p.add_argument("--trainable-stages", type=int, help="body stages trained in partial mode (default 2)")
-    p.add_argument(
-        "--no-cache",
-        dest="cache",
-        action="store_false",
-        default=None,
-        help="do not cache the frozen prefix's activations (linear/partial)",
-    )
-    p.add_argument("--views", type=int, help="augmented views cached per training photo (default 6)")
-    p.add_argument(
-        "--clean-view",
-        action="store_true",
-        default=None,
-        help="make the first cached view of each photo the evaluation view (the service's layout)",
-    )
-    p.add_argument(
-        "--augment",
-        type=json.loads,
-        help='augmentation overrides as JSON, e.g. \'{"scale": [0.35, 1.0], "zoom_out": 0.3}\'',
-    )
-    p.add_argument("--cache-dir", help="where feature caches live (default RUN/cache)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument(
-        "--taxonomy-smoothing",
-        action="store_true",
-        default=None,
-        help="give the smoothing mass to classes of the same genus and family",
-    )
-    p.add_argument("--balanced-sampling", action="store_true", default=None, help="class-balanced sampling")
-    p.add_argument(
-        "--balanced-finetune-epochs",
-        type=int,
-        help="final class-balanced fine-tune of the classifier (epochs)",
-    )
-    p.add_argument("--patience", type=int, help="early stopping: epochs without held-out NLL improvement")
-    p.add_argument("--holdout", type=float, help="share of training photos held out (group-aware)")
-    p.add_argument("--calibrate-on", choices=["holdout", "valid"])
-    p.add_argument("--ood-percentile", type=float, help="percentile of held-out energy for the OOD gate")
-    p.add_argument(
-        "--no-fit-answers",
-        dest="fit_answers",
-        action="store_false",
-        default=None,
-        help="keep the default committed-answer threshold instead of fitting per-rank ones on held-out classes",
-    )
-    p.add_argument("--answer-epochs", type=int, help="epochs of the leave-classes-out model (default epochs/2)")
-    p.add_argument("--answer-heldout-share", type=float, help="share of labels held out of it (default 0.2)")
-    p.add_argument("--answer-precision", type=float, help="precision each answer rank must reach (default 0.98)")
-    p.add_argument(
-        "--answer-max-heldout-species",
-        type=float,
-        help="share of held-out-class photos that may be named as a species (default 0.05)",
-    )
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--resize", type=int)
-    p.add_argument("--resize-mode", choices=["shorter", "longer_pad", "stretch"])
-    p.add_argument(
-        "--mean",
-        type=_triple,
-        help="input normalisation mean R,G,B (default: what the backbone's pretrained weights expect)",
-    )
-    p.add_argument("--std", type=_triple, help="input normalisation std R,G,B (default: the backbone's)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
-    p.add_argument("--threads", type=int, help="torch / ONNX Runtime threads (0 = all cores)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from RUN/last.pt")
-    p.add_argument("--name", help="model name in the card")
-    p.add_argument("--version", help="model version (default: a UTC timestamp)")
-    p.add_argument("--export-dir", help="version folder to export to (default RUN/export/NAME/VERSION)")
-    p.add_argument("--fp16", dest="export_fp16", action="store_true", default=None, help="also export fp16")
-    p.add_argument("--int8", dest="export_int8", action="store_true", default=None, help="also export int8")
-    p.add_argument(
-        "--tta", action="store_true", default=None, help="also evaluate with test-time augmentation"
-    )
-    p.add_argument(
-        "--mirror-tta",
-        action="store_true",
-        default=None,
-        help="export the model averaged with its mirror image (one graph, twice the compute; calibrated as such)",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    add_arguments(p)  # one flag per TrainConfig field
     p.set_defaults(func=cmd_train)
-
-
-def _triple(text: str) -> list[float]:
-    """``"0.5,0.5,0.5"`` -> three floats (argparse type for --mean/--std; the card checks std > 0)."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
-    return values
-
-
-def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from training.pipeline import TrainConfig
-
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(json.loads(Path(args.config).read_text()))
-    names = set(TrainConfig.__dataclass_fields__)
-    for key, value in vars(args).items():
-        if key in names and value is not None:
-            values[key] = value
-    if isinstance(values.get("data"), list) and len(values["data"]) == 1:
-        values["data"] = values["data"][0]
-    return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run :func:`training.pipeline.train` with the command line's options."""
-    from training.pipeline import TrainConfig, train
+    from training.pipeline import train
 
-    config = TrainConfig.from_dict(_config_from_args(args))
+    config = TrainConfig.from_dict(config_values(args))
     result = train(config)
     if "metrics" in result:
         print(json.dumps({k: result[k] for k in ("export", "metrics", "timings")}, indent=2, default=str))

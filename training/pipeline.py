@@ -1,11 +1,21 @@
 """From labelled photos to a calibrated, evaluated, exported model: :func:`train` runs the whole recipe.
 
-Steps: load and check the data; hold out a group-aware slice of the training photos (early stopping and
-calibration); build the model and freeze what the mode says; optionally cache the frozen prefix's
-activations; train with warmup + cosine, checkpoints every epoch and early stopping on the held-out NLL;
-optional class-balanced fine-tune of the classifier; temperature scaling and the OOD energy threshold on
-the held-out slice; export to ONNX (parity-checked) and evaluate the *exported* model through the
-service's own classifier on the evaluation split; write the report.
+:func:`train` is a sequence of stages sharing one :class:`TrainingRun`:
+
+1. :func:`start_run`: threads, seeds, the run folder and its ``config.json``;
+2. :func:`load_photos`: load and check the data; hold out a group-aware slice of the training photos (early
+   stopping and calibration); pick the evaluation split;
+3. :func:`build_model`: the network, frozen before the stage the mode says;
+4. :func:`build_loaders`: optionally cache the frozen prefix's activations, else decode photos;
+5. :func:`fit`: warmup + cosine, checkpoints every epoch and early stopping on the held-out NLL;
+6. :func:`balanced_finetune`: optional class-balanced fine-tune of the classifier;
+7. :func:`calibrate_model`: temperature scaling and the OOD energy threshold on the held-out slice;
+8. :func:`fit_committed_answers`: the committed answer's per-rank thresholds, on classes held out of a second
+   model;
+9. :func:`make_card`: the model card and ``model.pt``;
+10. :func:`export_and_evaluate`: export to ONNX (parity-checked) and evaluate the *exported* model through the
+    service's own classifier on the evaluation split; write the card and the report;
+11. :func:`write_summary`: curves and ``summary.json`` in the run folder.
 """
 
 from __future__ import annotations
@@ -18,10 +28,10 @@ import random
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +42,7 @@ from service.core.preprocess import decode_min_side
 from training import backbones
 from training.calibration import calibrate, card_calibration, fit_energy_threshold, fit_temperature
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainConfig
 from training.data import (
     LabelledData,
     PhotoDataset,
@@ -54,6 +65,7 @@ from training.engine import (
 from training.features import CachedLoader, cache_features
 from training.losses import balanced_weights, build_criterion
 from training.metrics import HEADLINE_METRICS
+from training.metrics import nll as nll_metric
 from training.transforms import AugmentConfig, EvalTransform, TrainTransform, worker_init_fn
 
 if TYPE_CHECKING:
@@ -62,82 +74,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; saved as ``config.json`` in the run folder."""
-
-    data: str | list[str]
-    out: str = "runs/latest"
-    valid: str | None = None
-    image_root: str | None = None
-    taxonomy: str | None = None
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = None
-    pretrained: bool = True
-    mode: Literal["linear", "partial", "full"] = "partial"
-    trainable_stages: int = 2
-    cache: bool = True
-    views: int = 6
-    clean_view: bool = False
-    cache_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    taxonomy_smoothing: bool = False
-    balanced_sampling: bool = False
-    balanced_finetune_epochs: int = 0
-    patience: int = 3
-    holdout: float = 0.1
-    calibrate_on: Literal["holdout", "valid"] = "holdout"
-    ood_percentile: float = 1.0
-    input_size: int | None = None
-    resize: int | None = None
-    resize_mode: Literal["shorter", "longer_pad", "stretch"] = "longer_pad"
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    dropout: float = 0.2
-    augment: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = True
-    threads: int = 0
-    resume: bool = False
-    max_grad_norm: float | None = 5.0
-    name: str = "model"
-    version: str | None = None
-    export_dir: str | None = None
-    export_fp16: bool = False
-    export_int8: bool = False
-    mirror_tta: bool = False
-    tta: bool = False
-    fit_answers: bool = True
-    answer_epochs: int | None = None
-    answer_heldout_share: float = 0.2
-    answer_precision: float = 0.98
-    answer_max_heldout_species: float = 0.05
-    progress: bool = True
-
-    @property
-    def data_sources(self) -> list[Path]:
-        """The data sources: one path, or several merged (``--data A --data B``)."""
-        return [Path(d) for d in ([self.data] if isinstance(self.data, str) else self.data)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, refusing unknown keys (they are usually typos)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def _code_revision() -> str | None:
@@ -182,6 +118,16 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
+def _load_config_data(config: TrainConfig) -> LabelledData:
+    """The run's photos, as the config names them."""
+    return load_data(
+        config.data_sources,
+        valid=Path(config.valid) if config.valid else None,
+        image_root=Path(config.image_root) if config.image_root else None,
+        taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
+    )
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -189,7 +135,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def train(config: TrainConfig, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
-    """Run the whole recipe; see the module docstring.
+    """Run the whole recipe, stage by stage; see the module docstring.
 
     Args:
         config: the run's settings.
@@ -200,79 +146,98 @@ def train(config: TrainConfig, progress_callback: ProgressCallback | None = None
     """
     dist = setup_distributed(config.device)
     try:
-        return _train(config, dist, progress_callback)
+        run = TrainingRun(config, dist, progress_callback)
+        start_run(run)
+        load_photos(run)
+        build_model(run)
+        build_loaders(run)
+        fit(run)
+        balanced_finetune(run)
+        if not run.main:
+            return {"rank": dist.rank}
+        calibrate_model(run)
+        fit_committed_answers(run)
+        make_card(run)
+        export_and_evaluate(run)
+        return write_summary(run)
     finally:
         cleanup_distributed(dist)
 
 
-def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallback | None) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    device = dist.device
-    run = Path(config.out)
-    main = dist.is_main
-    progress = config.progress and main
+@dataclass
+class TrainingRun:
+    """What the stages of one :func:`train` run share: its settings, and what each stage made for the next.
 
-    def report(stage: str, fraction: float, message: str, **extra: Any) -> None:
+    The attributes below ``timings`` are set by the stage named in their comment; the stages run in the
+    order :func:`train` lists them.
+    """
+
+    config: TrainConfig
+    dist: DistInfo
+    progress_callback: ProgressCallback | None = None
+    t_start: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    # load_photos
+    data: LabelledData = field(init=False)
+    train_samples: list[Sample] = field(init=False)
+    held: list[Sample] = field(init=False)  # early stopping (and calibration, unless calibrate_on=valid)
+    eval_split: str | None = field(init=False)  # None: the held-out slice
+    eval_samples: list[Sample] = field(init=False)
+    calib_samples: list[Sample] = field(init=False)
+    # build_model
+    spec: InputSpec = field(init=False)
+    model: backbones.StagedNet = field(init=False)
+    start: int = field(init=False)  # first trained stage
+    train_tf: TrainTransform = field(init=False)
+    eval_tf: EvalTransform = field(init=False)
+    cached: bool = field(init=False)  # trains on the frozen prefix's cached activations
+    # build_loaders
+    caches: dict[str, Any] = field(default_factory=dict)
+    net: nn.Module = field(init=False)  # what the loaders feed: the model, or its suffix after the cache
+    train_loader: Any = field(init=False)
+    held_loader: Any = field(init=False)
+    # fit
+    criterion: nn.Module = field(init=False)
+    scaler: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    # calibrate_model, fit_committed_answers
+    exported: nn.Module = field(init=False)  # the exported network (the model, or its mirror average)
+    calib_logits: np.ndarray = field(init=False)
+    calibration: dict[str, Any] = field(init=False)
+    answers: dict[str, Any] | None = None
+    # make_card, export_and_evaluate
+    version: str = field(init=False)
+    card: ModelCard = field(init=False)
+    export_dir: Path = field(init=False)
+    evaluation: dict[str, Any] = field(init=False)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def main(self) -> bool:
+        """This process writes the files (the only one, or rank 0 of several)."""
+        return self.dist.is_main
+
+    @property
+    def progress(self) -> bool:
+        """Show progress bars."""
+        return self.config.progress and self.main
+
+    def report(self, stage: str, fraction: float, message: str, **extra: Any) -> None:
+        """Log a step, and tell the progress callback (main process only)."""
         logger.info("%s: %s", stage, message)
-        if progress_callback is not None and main:
-            progress_callback({"stage": stage, "progress": round(fraction, 4), "message": message, **extra})
-
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    _seed_everything(config.seed)
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-
-    # -- data ------------------------------------------------------------------------------------------
-    report("data", 0.0, f"reading {config.data}")
-    data: LabelledData = load_data(
-        config.data_sources,
-        valid=Path(config.valid) if config.valid else None,
-        image_root=Path(config.image_root) if config.image_root else None,
-        taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
-    )
-    train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
-    eval_split, eval_samples = evaluation_split(data, held)
-    calib_samples = held
-    if config.calibrate_on == "valid":
-        if not eval_split:
-            raise ValueError("calibrate_on=valid needs a valid (or test) split")
-        calib_samples = eval_samples
-    if not held:
-        raise ValueError("the held-out slice is empty; raise --holdout or add photos")
-    classes, ci = data.classes, data.class_index
-    report(
-        "data",
-        0.02,
-        f"{len(classes)} classes; {len(train_samples)} training, {len(held)} held-out, "
-        f"{len(eval_samples)} evaluation ({eval_split or 'held-out'}) photos",
-        problems=data.report.lines(),
-    )
-
-    # -- model -----------------------------------------------------------------------------------------
-    spec = input_spec_for(config)
-    model = backbones.create_model(
-        config.backbone,
-        len(classes),
-        pretrained=config.pretrained,
-        weights=config.weights,
-        input_size=spec.size,
-        dropout=config.dropout,
-    )
-    start = model.split_index(config.mode, config.trainable_stages)
-    model.freeze_before(start)
-    model.to(device)
-    train_tf = TrainTransform(spec, AugmentConfig(**config.augment), seed=config.seed)
-    eval_tf = EvalTransform(spec)
-    eval_min_side = decode_min_side(spec)  # decode evaluation photos exactly as the service does
-    cached = config.cache and config.mode != "full" and start > 0
-    targets_train = [ci[s.label] for s in train_samples]
-    weights = balanced_weights(targets_train) if config.balanced_sampling else None
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run / "cache"
-    timings: dict[str, float] = {}
+        if self.progress_callback is not None and self.main:
+            self.progress_callback({"stage": stage, "progress": round(fraction, 4), "message": message, **extra})
 
     def photo_loader(
+        self,
         samples: list[Any],
         transform: Any,
         *,
@@ -280,9 +245,11 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         sample_weights: Any = None,
         drop_last: bool = False,
     ) -> torch.utils.data.DataLoader:
+        """A loader of decoded photos (not the cache)."""
+        config, dist = self.config, self.dist
         # Training views decode at full size (random crops may zoom in); evaluation as the service does.
-        min_side = eval_min_side if isinstance(transform, EvalTransform) else None
-        dataset = PhotoDataset(samples, ci, transform, min_side=min_side)
+        min_side = decode_min_side(self.spec) if isinstance(transform, EvalTransform) else None
+        dataset = PhotoDataset(samples, self.data.class_index, transform, min_side=min_side)
         sampler: Any = None
         if sample_weights is not None:
             sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(samples), replacement=True)
@@ -298,84 +265,154 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             num_workers=config.workers,
             collate_fn=collate_skip_none,
             worker_init_fn=worker_init_fn,
-            pin_memory=device.type == "cuda",
+            pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
             persistent_workers=config.workers > 0,
         )
 
-    if cached:
-        report(
-            "cache",
-            0.03,
-            f"caching stage-{start} activations: {config.views} views x {len(train_samples)} photos",
-        )
-        t0 = time.perf_counter()
-        cb = (
-            (lambda done, total: report("cache", 0.03 + 0.4 * done / total, f"{done}/{total} views"))
-            if progress_callback
-            else None
-        )
-        caches = {}
-        # Rank 0 builds the caches; the other processes wait, then reuse them (same keys).
-        if dist.distributed and not main:
-            torch.distributed.barrier()
-        caches = build_caches(
-            config,
-            model,
-            start,
-            {"train": train_samples, "held": held, "eval": eval_samples, "calib": calib_samples},
-            ci,
-            cache_dir,
-            device,
-            progress=progress,
-            progress_callback=cb,
-        )
-        if dist.distributed and main:
-            torch.distributed.barrier()
-        timings["cache_seconds"] = time.perf_counter() - t0
-        timings["cache_images_per_second"] = caches["train"].images_per_second
-        net: nn.Module = backbones.Suffix(model, start).to(device)
-        train_loader: Any = CachedLoader(
-            caches["train"],
-            config.batch_size,
-            shuffle=True,
-            weights=weights,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            seed=config.seed,
-        )
-        held_loader: Any = CachedLoader(caches["held"], 256)
-    else:
-        net = model
-        train_loader = photo_loader(
-            train_samples,
-            train_tf,
+
+# -- the stages, in the order train() runs them ------------------------------------------------------------
+
+
+def start_run(run: TrainingRun) -> None:
+    """Threads, seeds, the run folder and its ``config.json``."""
+    config = run.config
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    if run.main:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        (run.folder / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+
+def load_photos(run: TrainingRun) -> None:
+    """Load and check the data; hold out a group-aware slice of the training photos; pick the evaluation and
+    calibration photos."""
+    config = run.config
+    run.report("data", 0.0, f"reading {config.data}")
+    run.data = _load_config_data(config)
+    run.train_samples, run.held = group_split(run.data.splits["train"], config.holdout, seed=config.seed)
+    run.eval_split, run.eval_samples = evaluation_split(run.data, run.held)
+    run.calib_samples = run.held
+    if config.calibrate_on == "valid":
+        if not run.eval_split:
+            raise ValueError("calibrate_on=valid needs a valid (or test) split")
+        run.calib_samples = run.eval_samples
+    if not run.held:
+        raise ValueError("the held-out slice is empty; raise --holdout or add photos")
+    run.report(
+        "data",
+        0.02,
+        f"{len(run.data.classes)} classes; {len(run.train_samples)} training, {len(run.held)} held-out, "
+        f"{len(run.eval_samples)} evaluation ({run.eval_split or 'held-out'}) photos",
+        problems=run.data.report.lines(),
+    )
+
+
+def build_model(run: TrainingRun) -> None:
+    """The network, frozen before the first trained stage, and the photo transforms."""
+    config = run.config
+    run.spec = input_spec_for(config)
+    run.model = backbones.create_model(
+        config.backbone,
+        len(run.data.classes),
+        pretrained=config.pretrained,
+        weights=config.weights,
+        input_size=run.spec.size,
+        dropout=config.dropout,
+    )
+    run.start = run.model.split_index(config.mode, config.trainable_stages)
+    run.model.freeze_before(run.start)
+    run.model.to(run.device)
+    run.train_tf = TrainTransform(run.spec, AugmentConfig(**config.augment), seed=config.seed)
+    run.eval_tf = EvalTransform(run.spec)
+    run.cached = config.cache and config.mode != "full" and run.start > 0
+
+
+def build_loaders(run: TrainingRun) -> None:
+    """The training and held-out loaders: over the frozen prefix's cached activations (built once, then found
+    again), or over decoded photos."""
+    config, dist = run.config, run.dist
+    targets_train = [run.data.class_index[s.label] for s in run.train_samples]
+    weights = balanced_weights(targets_train) if config.balanced_sampling else None
+    if not run.cached:
+        run.net = run.model
+        run.train_loader = run.photo_loader(
+            run.train_samples,
+            run.train_tf,
             shuffle=True,
             sample_weights=weights,
-            drop_last=len(train_samples) > config.batch_size,
+            drop_last=len(run.train_samples) > config.batch_size,
         )
-        held_loader = photo_loader(held, eval_tf, shuffle=False)
+        run.held_loader = run.photo_loader(run.held, run.eval_tf, shuffle=False)
+        return
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run.folder / "cache"
+    run.report(
+        "cache",
+        0.03,
+        f"caching stage-{run.start} activations: {config.views} views x {len(run.train_samples)} photos",
+    )
+    t0 = time.perf_counter()
+    cb = (
+        (lambda done, total: run.report("cache", 0.03 + 0.4 * done / total, f"{done}/{total} views"))
+        if run.progress_callback
+        else None
+    )
+    # Rank 0 builds the caches; the other processes wait, then reuse them (same keys).
+    if dist.distributed and not run.main:
+        torch.distributed.barrier()
+    sets = {"train": run.train_samples, "held": run.held, "eval": run.eval_samples, "calib": run.calib_samples}
+    run.caches = build_caches(
+        config,
+        run.model,
+        run.start,
+        sets,
+        run.data.class_index,
+        cache_dir,
+        run.device,
+        progress=run.progress,
+        progress_callback=cb,
+    )
+    if dist.distributed and run.main:
+        torch.distributed.barrier()
+    run.timings["cache_seconds"] = time.perf_counter() - t0
+    run.timings["cache_images_per_second"] = run.caches["train"].images_per_second
+    run.net = backbones.Suffix(run.model, run.start).to(run.device)
+    run.train_loader = CachedLoader(
+        run.caches["train"],
+        config.batch_size,
+        shuffle=True,
+        weights=weights,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=config.seed,
+    )
+    run.held_loader = CachedLoader(run.caches["held"], 256)
 
-    ddp_net: nn.Module = net
+
+def fit(run: TrainingRun) -> None:
+    """Train with warmup + cosine, a checkpoint every epoch and early stopping on the held-out NLL (after
+    temperature scaling); resume from ``last.pt`` when asked; end on the best epoch's weights."""
+    config, dist, device, model = run.config, run.dist, run.device, run.model
+    ddp_net: nn.Module = run.net
     if dist.distributed:
         ddp_net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
+            run.net, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    criterion = build_criterion(classes, config.label_smoothing, data.taxonomy, config.taxonomy_smoothing).to(
-        device
-    )
+    run.criterion = build_criterion(
+        run.data.classes, config.label_smoothing, run.data.taxonomy, config.taxonomy_smoothing
+    ).to(device)
     optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
-    steps_per_epoch = max(1, len(train_loader))
+    steps_per_epoch = max(1, len(run.train_loader))
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch))
     )
-    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+    run.scaler = scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
 
-    history: list[dict[str, Any]] = []
+    history = run.history
     best_nll, bad_epochs, first_epoch = float("inf"), 0, 0
-    last_ckpt, best_ckpt = run / "last.pt", run / "best.pt"
+    last_ckpt, best_ckpt = run.folder / "last.pt", run.folder / "best.pt"
     if config.resume and last_ckpt.is_file():
         state = load_checkpoint(last_ckpt, map_location=device)
         model.load_state_dict(state["model"])
@@ -384,17 +421,15 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         first_epoch, best_nll, bad_epochs = state["epoch"] + 1, state["best_nll"], state["bad_epochs"]
-        history = state.get("history", [])
-        report("train", 0.45, f"resumed from {last_ckpt} after epoch {state['epoch'] + 1}")
-
-    from training.metrics import nll as nll_metric
+        history[:] = state.get("history", [])
+        run.report("train", 0.45, f"resumed from {last_ckpt} after epoch {state['epoch'] + 1}")
 
     t_train = time.perf_counter()
-    stopped_early = False
     for epoch in range(first_epoch, config.epochs):
         if bad_epochs >= config.patience:
-            stopped_early = True
+            run.stopped_early = True
             break
+        train_loader = run.train_loader
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         elif isinstance(
@@ -404,16 +439,16 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         stats = train_one_epoch(
             ddp_net,
             train_loader,
-            criterion,
+            run.criterion,
             optimizer,
             device=device,
             scheduler=scheduler,
             scaler=scaler,
             max_grad_norm=config.max_grad_norm,
-            progress=progress,
+            progress=run.progress,
             desc=f"epoch {epoch + 1}/{config.epochs}",
         )
-        logits, y, _ = evaluate(net, held_loader, device=device, amp=config.amp)
+        logits, y, _ = evaluate(run.net, run.held_loader, device=device, amp=config.amp)
         # Early stopping watches the held-out NLL after temperature scaling: label smoothing keeps the raw
         # logits under-confident, so their NLL can rise while the ranking (what calibration keeps) improves.
         held_temperature = fit_temperature(logits, y)
@@ -435,7 +470,7 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             "images_per_second": round(stats["images_per_second"], 1),
         }
         history.append(row)
-        if main:
+        if run.main:
             state = {
                 "epoch": epoch,
                 "model": model.state_dict(),
@@ -446,14 +481,14 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
                 "bad_epochs": bad_epochs,
                 "history": history,
                 "config": asdict(config),
-                "classes": classes,
-                "start_stage": start,
+                "classes": run.data.classes,
+                "start_stage": run.start,
             }
             save_checkpoint(last_ckpt, state)
             if improved:
                 save_checkpoint(best_ckpt, state)
-            _write_history(run / "metrics.csv", history)
-        report(
+            _write_history(run.folder / "metrics.csv", history)
+        run.report(
             "train",
             0.45 + 0.4 * (epoch + 1) / config.epochs,
             f"epoch {epoch + 1}: loss {stats['loss']:.3f}, held-out NLL {held_nll:.3f} (T-scaled), "
@@ -461,105 +496,124 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
             epoch=epoch + 1,
         )
     else:
-        stopped_early = bad_epochs >= config.patience and len(history) < config.epochs
-    timings["train_seconds"] = time.perf_counter() - t_train
+        run.stopped_early = bad_epochs >= config.patience and len(history) < config.epochs
+    run.timings["train_seconds"] = time.perf_counter() - t_train
     if dist.distributed:
         torch.distributed.barrier()
     if best_ckpt.is_file():
         model.load_state_dict(load_checkpoint(best_ckpt, map_location=device)["model"])
 
-    # -- class-balanced fine-tune of the classifier (iNat 2018 winners' last step) ---------------------
-    if config.balanced_finetune_epochs > 0 and main:
-        report(
-            "finetune",
-            0.86,
-            f"class-balanced fine-tune of the classifier, {config.balanced_finetune_epochs} epoch(s)",
+
+def balanced_finetune(run: TrainingRun) -> None:
+    """A class-balanced fine-tune of the classifier (the iNat 2018 winners' last step), when asked."""
+    config, model = run.config, run.model
+    if not (config.balanced_finetune_epochs > 0 and run.main):
+        return
+    run.report(
+        "finetune",
+        0.86,
+        f"class-balanced fine-tune of the classifier, {config.balanced_finetune_epochs} epoch(s)",
+    )
+    head_start = model.split_index("linear")
+    model.freeze_before(head_start)
+    balanced = balanced_weights([run.data.class_index[s.label] for s in run.train_samples])
+    if run.cached:
+        # Run the cached suffix up to the pooled features once per view draw: cheap and exact.
+        ft_loader: Any = CachedLoader(run.caches["train"], config.batch_size, weights=balanced, seed=config.seed + 1)
+        ft_net: nn.Module = backbones.Suffix(model, run.start)
+    else:
+        ft_loader = run.photo_loader(run.train_samples, run.train_tf, shuffle=True, sample_weights=balanced)
+        ft_net = model
+    ft_opt = build_optimizer(model.parameters(), config.optimizer, config.lr * 0.1, config.weight_decay)
+    for e in range(config.balanced_finetune_epochs):
+        if hasattr(ft_loader, "set_epoch"):
+            ft_loader.set_epoch(1000 + e)
+        train_one_epoch(
+            ft_net,
+            ft_loader,
+            run.criterion,
+            ft_opt,
+            device=run.device,
+            scaler=run.scaler,
+            progress=run.progress,
+            desc=f"balanced {e + 1}",
         )
-        head_start = model.split_index("linear")
-        model.freeze_before(head_start)
-        balanced = balanced_weights(targets_train)
-        if cached:
-            # Run the cached suffix up to the pooled features once per view draw: cheap and exact.
-            ft_loader: Any = CachedLoader(
-                caches["train"], config.batch_size, weights=balanced, seed=config.seed + 1
-            )
-            ft_net: nn.Module = backbones.Suffix(model, start)
-        else:
-            ft_loader = photo_loader(train_samples, train_tf, shuffle=True, sample_weights=balanced)
-            ft_net = model
-        ft_opt = build_optimizer(model.parameters(), config.optimizer, config.lr * 0.1, config.weight_decay)
-        for e in range(config.balanced_finetune_epochs):
-            if hasattr(ft_loader, "set_epoch"):
-                ft_loader.set_epoch(1000 + e)
-            train_one_epoch(
-                ft_net,
-                ft_loader,
-                criterion,
-                ft_opt,
-                device=device,
-                scaler=scaler,
-                progress=progress,
-                desc=f"balanced {e + 1}",
-            )
-        model.freeze_before(start)
+    model.freeze_before(run.start)
 
-    if not main:
-        return {"rank": dist.rank}
 
-    # -- calibration on held-out photos ----------------------------------------------------------------
-    report(
+def calibrate_model(run: TrainingRun) -> None:
+    """Temperature scaling and the OOD energy threshold on the held-out (or valid) photos."""
+    config = run.config
+    run.report(
         "calibrate",
         0.88,
         f"temperature scaling on {'valid' if config.calibrate_on == 'valid' else 'held-out'} photos",
     )
     # The exported network: the model, or the model averaged with its mirror image (calibrated as such, on
     # photos rather than on the cache, which holds no mirrored views).
-    exported: nn.Module = backbones.MirrorAverage(model) if config.mirror_tta else model
+    run.exported = backbones.MirrorAverage(run.model) if config.mirror_tta else run.model
     if config.mirror_tta:
-        calib_loader: Any = photo_loader(calib_samples, eval_tf, shuffle=False)
-        c_logits, c_y, _ = evaluate(exported, calib_loader, device=device, amp=config.amp)
+        calib_loader: Any = run.photo_loader(run.calib_samples, run.eval_tf, shuffle=False)
+        c_logits, c_y, _ = evaluate(run.exported, calib_loader, device=run.device, amp=config.amp)
     else:
         calib_loader = (
-            CachedLoader(caches["calib"], 256) if cached else photo_loader(calib_samples, eval_tf, shuffle=False)
+            CachedLoader(run.caches["calib"], 256)
+            if run.cached
+            else run.photo_loader(run.calib_samples, run.eval_tf, shuffle=False)
         )
-        c_logits, c_y, _ = evaluate(net, calib_loader, device=device, amp=config.amp)
-    calibration = calibrate(c_logits, c_y, ood_percentile=config.ood_percentile)
-    report(
+        c_logits, c_y, _ = evaluate(run.net, calib_loader, device=run.device, amp=config.amp)
+    run.calib_logits = c_logits
+    run.calibration = calibrate(c_logits, c_y, ood_percentile=config.ood_percentile)
+    run.report(
         "calibrate",
         0.9,
-        f"T = {calibration['temperature']:.3f}; ECE {calibration['ece_before']:.4f} -> "
-        f"{calibration['ece_after']:.4f}",
+        f"T = {run.calibration['temperature']:.3f}; ECE {run.calibration['ece_before']:.4f} -> "
+        f"{run.calibration['ece_after']:.4f}",
     )
 
-    # -- committed-answer thresholds, fitted on classes held out of a second model ------------------------
-    answers: dict[str, Any] | None = None
-    if config.fit_answers and cached and len(classes) >= 3:
-        report("answers", 0.9, "fitting the committed answer's thresholds on held-out classes")
+
+def fit_committed_answers(run: TrainingRun) -> None:
+    """The committed answer's per-rank thresholds, fitted on classes held out of a second model (on the
+    feature cache), and the energy gate chosen with them."""
+    config = run.config
+    if config.fit_answers and run.cached and len(run.data.classes) >= 3:
+        run.report("answers", 0.9, "fitting the committed answer's thresholds on held-out classes")
         answers = fit_answer_thresholds(
-            config, data, caches["train"], caches["held"], start, spec.size, device, eval_cache=caches["eval"]
+            config,
+            run.data,
+            run.caches["train"],
+            run.caches["held"],
+            run.start,
+            run.spec.size,
+            run.device,
+            eval_cache=run.caches["eval"],
         )
-        timings["answer_fit_seconds"] = answers["seconds"]
+        run.timings["answer_fit_seconds"] = answers["seconds"]
         # The energy gate chosen with the thresholds, at the same percentile of this model's own held-out energy.
-        calibration["ood_energy_threshold"] = fit_energy_threshold(
-            c_logits, calibration["temperature"], answers["ood_percentile"]
+        run.calibration["ood_energy_threshold"] = fit_energy_threshold(
+            run.calib_logits, run.calibration["temperature"], answers["ood_percentile"]
         )
-        if main:
-            np.savez_compressed(run / "leave_out.npz", **answers.pop("arrays"))
-        report("answers", 0.91, f"answer thresholds {answers['thresholds']}")
+        if run.main:
+            np.savez_compressed(run.folder / "leave_out.npz", **answers.pop("arrays"))
+        run.report("answers", 0.91, f"answer thresholds {answers['thresholds']}")
+        run.answers = answers
     elif config.fit_answers:
         logger.warning("answer thresholds are fitted on the feature cache (linear and partial modes) of three "
                        "or more classes; this run keeps the service's default threshold for every rank")
 
-    # -- card, torch weights ---------------------------------------------------------------------------
-    model.eval().cpu()
-    version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+def make_card(run: TrainingRun) -> None:
+    """The model card, and the torch weights with it in ``model.pt``."""
+    config, data, answers, calibration = run.config, run.data, run.answers, run.calibration
+    run.model.eval().cpu()
+    run.version = config.version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     all_photos = [s for split in data.splits.values() for s in split]
-    card = ModelCard(
+    run.card = ModelCard(
         name=config.name,
-        version=version,
-        architecture=model.architecture,
-        input=spec,
-        labels=classes,
+        version=run.version,
+        architecture=run.model.architecture,
+        input=run.spec,
+        labels=data.classes,
         taxonomy=data.taxonomy,
         calibration=card_calibration(
             calibration,
@@ -569,18 +623,18 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         training={
             "data_source": data.source,
             "data_hash": data_fingerprint(all_photos),
-            "train_photos": len(train_samples),
-            "heldout_photos": len(held),
-            "evaluation_split": eval_split or "held-out",
-            "evaluation_photos": len(eval_samples),
+            "train_photos": len(run.train_samples),
+            "heldout_photos": len(run.held),
+            "evaluation_split": run.eval_split or "held-out",
+            "evaluation_photos": len(run.eval_samples),
             "calibrated_on": "valid" if config.calibrate_on == "valid" else "held-out slice of train",
             "ood_percentile": config.ood_percentile,
             "config": asdict(config),
             "code_revision": _code_revision(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "epochs_run": len(history),
-            "stopped_early": stopped_early,
+            "epochs_run": len(run.history),
+            "stopped_early": run.stopped_early,
             "data_problems": data.report.as_dict(),
             "calibration_nll": {"before": calibration["nll_before"], "after": calibration["nll_after"]},
             "test_time_augmentation": (
@@ -591,80 +645,88 @@ def _train(config: TrainConfig, dist: DistInfo, progress_callback: ProgressCallb
         },
     )
     save_checkpoint(
-        run / "model.pt",
+        run.folder / "model.pt",
         {
-            "model": model.state_dict(),
-            "card": card.model_dump(mode="json"),
+            "model": run.model.state_dict(),
+            "card": run.card.model_dump(mode="json"),
             "backbone": config.backbone,
             "dropout": config.dropout,
             "mirror_tta": config.mirror_tta,
         },
     )
-    timings["total_before_export_seconds"] = time.perf_counter() - t_start
+    run.timings["total_before_export_seconds"] = time.perf_counter() - run.t_start
 
-    # -- export + evaluation of the exported model -----------------------------------------------------
+
+def export_and_evaluate(run: TrainingRun) -> None:
+    """Export to ONNX (parity-checked), then evaluate the *exported* model through the service's own
+    classifier on the evaluation split and write the card and the report (:func:`evaluate_export`)."""
     from training.export import export_model
 
-    export_dir = Path(config.export_dir) if config.export_dir else run / "export" / config.name / version
-    report("export", 0.92, f"exporting to {export_dir}")
+    config = run.config
+    run.export_dir = Path(config.export_dir) if config.export_dir else run.folder / "export" / config.name / run.version
+    run.report("export", 0.92, f"exporting to {run.export_dir}")
     result = export_model(
-        exported.eval().cpu(),
-        card,
-        export_dir,
+        run.exported.eval().cpu(),
+        run.card,
+        run.export_dir,
         fp16=config.export_fp16,
         int8=config.export_int8,
-        **export_photos(eval_samples, held),
+        **export_photos(run.eval_samples, run.held),
         overwrite=True,
     )
-    report("evaluate", 0.95, f"evaluating the exported model on {len(eval_samples)} photos")
-    evaluation = evaluate_export(
-        export_dir,
-        card,
+    run.report("evaluate", 0.95, f"evaluating the exported model on {len(run.eval_samples)} photos")
+    run.evaluation = evaluate_export(
+        run.export_dir,
+        run.card,
         result,
-        eval_samples,
-        classes,
-        eval_split=eval_split,
-        history=history,
-        calibration=calibration,
-        timings=timings,
-        problems=data.report.lines(),
-        t_start=t_start,
+        run.eval_samples,
+        run.data.classes,
+        eval_split=run.eval_split,
+        history=run.history,
+        calibration=run.calibration,
+        timings=run.timings,
+        problems=run.data.report.lines(),
+        t_start=run.t_start,
         tta=config.tta,
-        progress=progress,
+        progress=run.progress,
     )
-    metrics = evaluation["metrics"]
-    if history:
+
+
+def write_summary(run: TrainingRun) -> dict[str, Any]:
+    """The learning curves and ``summary.json`` in the run folder; the run's summary."""
+    card, metrics = run.card, run.evaluation["metrics"]
+    if run.history:
         from training.report import plot_curves
 
-        plot_curves(history, run / "curves.png")
-    (run / "summary.json").write_text(
+        plot_curves(run.history, run.folder / "curves.png")
+    (run.folder / "summary.json").write_text(
         json.dumps(
             {
-                "export": str(export_dir),
+                "export": str(run.export_dir),
                 "metrics": card.metrics,
-                "calibration": calibration,
-                "timings": timings,
+                "calibration": run.calibration,
+                "timings": run.timings,
             },
             indent=2,
             default=str,
         )
     )
-    report(
+    run.report(
         "done",
         1.0,
         f"top-1 {metrics['top1']:.4f}, top-3 {metrics['top3']:.4f}, F1a {metrics['f1a']:.3f}, "
-        f"ECE {metrics['ece']:.4f} on {len(eval_samples)} photos; model at {export_dir}",
+        f"ECE {metrics['ece']:.4f} on {len(run.eval_samples)} photos; model at {run.export_dir}",
     )
     return {
-        "run": str(run),
-        "export": str(export_dir),
-        "name": config.name,
-        "version": version,
+        "run": str(run.folder),
+        "export": str(run.export_dir),
+        "name": run.config.name,
+        "version": run.version,
         "metrics": {k: v for k, v in card.metrics.items() if k != "per_class"},
-        "calibration": calibration,
-        "timings": timings,
-        "history": history,
-        "data_problems": data.report.lines(),
+        "calibration": run.calibration,
+        "timings": run.timings,
+        "history": run.history,
+        "data_problems": run.data.report.lines(),
     }
 
 
@@ -813,12 +875,7 @@ def fit_answers_for_run(run: Path, model_dir: Path, *, epochs: int | None = None
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
-    data = load_data(
-        config.data_sources,
-        valid=Path(config.valid) if config.valid else None,
-        image_root=Path(config.image_root) if config.image_root else None,
-        taxonomy_csv=Path(config.taxonomy) if config.taxonomy else None,
-    )
+    data = _load_config_data(config)
     train_samples, held = group_split(data.splits["train"], config.holdout, seed=config.seed)
     spec = input_spec_for(config)
     _seed_everything(config.seed)  # the same prefix weights as the run's, so its caches are found again
