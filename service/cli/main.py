@@ -1,25 +1,43 @@
 """``pollinid``: one command line over the same functions as the Python API.
 
-Each subcommand lives in a module that exposes ``register(subparsers)``; training subcommands import
-PyTorch only when they run, so ``pollinid serve`` starts without it.
+Subcommands come from plugins: each module named in the ``pollinid.commands`` entry-point group (see
+``pyproject.toml``) exposes ``register(subparsers)``. The service's own commands and the training ones
+(``pollinid train``, ``predict``...) are found the same way, so nothing here names the training package;
+training subcommands import PyTorch only when they run, so ``pollinid serve`` starts without it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from importlib import import_module
+from importlib.metadata import entry_points
+from types import ModuleType
 
-# Modules contributing subcommands. A module that is missing (e.g. training without torch installed is
-# still importable: it imports torch lazily) is skipped with a debug message.
-COMMAND_MODULES: tuple[str, ...] = (
-    "service.cli.serve",
-    "service.cli.data",
-    "service.cli.worker",
-    "training.cli",
-)
+logger = logging.getLogger(__name__)
+
+COMMANDS_GROUP = "pollinid.commands"
+# The service's own commands, used when the package's entry points are not installed (a bare checkout).
+OWN_COMMANDS: tuple[str, ...] = ("service.cli.serve", "service.cli.data", "service.cli.worker")
+
+
+def command_modules() -> Iterator[tuple[str, Callable[[], ModuleType]]]:
+    """``(module name, loader)`` for each module contributing subcommands, in the entry points' order."""
+    found = entry_points(group=COMMANDS_GROUP)
+    if not found:
+        logger.debug("no %r entry points (is the package installed?); only the service's own commands",
+                     COMMANDS_GROUP)
+        for name in OWN_COMMANDS:
+            yield name, partial(import_module, name)
+        return
+    seen: set[str] = set()
+    for ep in found:
+        if ep.value not in seen:
+            seen.add(ep.value)
+            yield ep.value, ep.load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show the database migrations' step-by-step log (quiet by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name, load in command_modules():
         try:
-            module = importlib.import_module(name)
+            module = load()
         except ModuleNotFoundError as exc:
+            # A plugin whose package is absent from this installation is skipped (a module it imports
+            # that is missing is a real error and is raised).
             if exc.name and name.startswith(exc.name):
+                logger.debug("commands of %s skipped: %s", name, exc)
                 continue
             raise
         module.register(sub)
