@@ -272,41 +272,39 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: 
 def predict_photos(
     model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
 ) -> list[dict[str, Any]]:
-    """Identify photos exactly as the service does, through the same functions as ``/identify``.
+    """Identify each photo exactly as the service does, through the same functions as ``/identify``.
 
-    Decode and preprocess (:func:`service.inference.identify.prepare_photo`), ONNX Runtime, calibrate, the OOD
-    gate and the committed answer (:func:`service.inference.identify.answer_scores`). A photo that cannot be
-    read gets ``{"photo", "error"}`` instead of results.
+    Decode and preprocess (:func:`service.inference.identify.prepare_photo`), the model
+    (:meth:`service.inference.classifier.Classifier.run`), then calibration, the OOD gate, the top-k and the
+    committed answer (:func:`service.inference.identify.answer_logits`). Each photo is answered on its own;
+    the keys are the API's (``results``, ``rollup``: the committed answer, ``energy``,
+    ``out_of_distribution``). A photo that cannot be read gets ``{"photo", "error"}`` instead of results.
     """
     from service.core.errors import PollinidError
     from service.core.imaging import DecodeLimits
     from service.inference.classifier import RuntimeOptions, load_classifier
-    from service.inference.identify import OOD_FINEST_RANK, answer_scores, prepare_photo
+    from service.inference.identify import OOD_FINEST_RANK, answer_logits, prepare_photo
 
     clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
-    card, spec = clf.card, clf.card.input
+    card = clf.card
     out: list[dict[str, Any]] = []
     for photo in photos:
         try:
-            prepared = prepare_photo(Path(photo).read_bytes(), spec, DecodeLimits())
+            prepared = prepare_photo(Path(photo).read_bytes(), card.input, DecodeLimits())
         except (OSError, PollinidError) as exc:
             out.append({"photo": str(photo), "error": getattr(exc, "message", str(exc))})
             continue
-        logits = clf.run(prepared.tensor[None])
-        probs = clf.probabilities(logits)[0]
-        energy = float(clf.energy(logits)[0])
-        threshold_ood = card.calibration.ood_energy_threshold
-        unknown = threshold_ood is not None and energy < threshold_ood
-        results, roll = answer_scores(clf, probs, top_k, threshold, unknown)
+        answer = answer_logits(clf, clf.run(prepared.tensor[None]), top_k, threshold)
+        unknown = answer.out_of_distribution
         out.append(
             {
                 "photo": str(photo),
                 "model": {"name": card.name, "version": card.version},
-                "results": [r.model_dump(mode="json") for r in results],
-                "energy": round(energy, 4),
+                "results": [r.model_dump(mode="json") for r in answer.results],
+                "energy": round(float(answer.energies[0]), 4),
                 "out_of_distribution": unknown,
                 "answer_finest_rank": OOD_FINEST_RANK if unknown else None,
-                "rollup": None if roll is None else roll.model_dump(mode="json"),
+                "rollup": None if answer.rollup is None else answer.rollup.model_dump(mode="json"),
             }
         )
     return out

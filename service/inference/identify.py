@@ -206,11 +206,8 @@ def answer_thresholds(clf: Classifier, default: float) -> dict[str, float]:
 
 def answer_scores(clf: Classifier, probs: np.ndarray, k: int, threshold: float, ood: bool,
                   mask: np.ndarray | None = None) -> tuple[list[TaxonScore], RollupPublic | None]:
-    """Top-k labels and the committed answer for one row of calibrated probabilities.
-
-    The one answer path: ``/identify``, the prediction stored with an observation and ``pollinid predict``
-    all call it.
-    """
+    """Top-k labels and the committed answer for one row of calibrated probabilities (see
+    :func:`answer_logits`)."""
     labels = clf.card.labels
     candidates = np.flatnonzero(mask) if mask is not None else np.arange(len(labels))
     k = min(k, len(candidates))
@@ -227,6 +224,41 @@ def answer_scores(clf: Classifier, probs: np.ndarray, k: int, threshold: float, 
         roll = RollupPublic(taxon=_taxon_public(clf, found.key), rank=found.rank, score=round(found.score, 6),
                             kind=found.kind, answer=plain_answer(clf.tree, found))  # type: ignore[arg-type]
     return results, roll
+
+
+@dataclass
+class Answer:
+    """What the model says about the photos of one individual (:func:`answer_logits`)."""
+
+    results: list[TaxonScore]  # top-k of the fused scores
+    rollup: RollupPublic | None  # the committed answer on the fused scores
+    out_of_distribution: bool  # the photos' mean energy is below the card's threshold
+    energies: np.ndarray  # per photo
+    photo_ood: list[bool]
+    photos: list[tuple[list[TaxonScore], RollupPublic | None]]  # per photo: top-k and committed answer
+
+
+def answer_logits(clf: Classifier, logits: np.ndarray, top_k: int, threshold: float,
+                  mask: np.ndarray | None = None) -> Answer:
+    """From the logits of the photos of one individual to the answer: calibrate, restrict to the subtree
+    ``mask``, gate unknown species by energy, fuse, and take the top-k and the committed answer (fused and
+    per photo).
+
+    The one answer path: ``/identify``, the prediction stored with an observation and ``pollinid predict``
+    all call it.
+    """
+    probs = _restrict(clf.probabilities(logits), mask)
+    energies = clf.energy(logits)
+    gate = clf.card.calibration.ood_energy_threshold
+    photo_ood = [bool(gate is not None and e < gate) for e in energies]
+    fused_ood = bool(gate is not None and float(energies.mean()) < gate)
+    results, rollup = answer_scores(clf, probs.mean(axis=0), top_k, threshold, fused_ood, mask)
+    if len(probs) == 1:
+        photos = [(results, rollup)]
+    else:
+        photos = [answer_scores(clf, p, top_k, threshold, ood, mask) for p, ood in zip(probs, photo_ood, strict=True)]
+    return Answer(results=results, rollup=rollup, out_of_distribution=fused_ood, energies=energies,
+                  photo_ood=photo_ood, photos=photos)
 
 
 async def identify(state: Any, images: list[bytes], *, top_k: int, taxon: str | None,
@@ -331,24 +363,15 @@ async def _answer(state: Any, clf: Classifier, prepared: list[PreparedPhoto],
     inferred: list[InferenceResult] = list(await asyncio.gather(*futures))
 
     t_post = time.perf_counter()
-    logits = np.stack([r.logits for r in inferred])
-    probs = _restrict(clf.probabilities(logits), mask)
-    energies = clf.energy(logits)
-    threshold = clf.card.calibration.ood_energy_threshold
-    photo_ood = [bool(threshold is not None and e < threshold) for e in energies]
-    fused = probs.mean(axis=0)
-    fused_ood = bool(threshold is not None and float(energies.mean()) < threshold)
-    fused_results, fused_rollup = answer_scores(clf, fused, top_k, settings.rollup_threshold, fused_ood, mask)
+    answer = answer_logits(clf, np.stack([r.logits for r in inferred]), top_k, settings.rollup_threshold, mask)
+    photo_ood = answer.photo_ood
 
     photos: list[PhotoResult] = []
     for i, (photo, res) in enumerate(zip(prepared, inferred, strict=True)):
-        if n == 1:
-            results, roll = fused_results, fused_rollup
-        else:
-            results, roll = answer_scores(clf, probs[i], top_k, settings.rollup_threshold, photo_ood[i], mask)
+        results, roll = answer.photos[i]
         photos.append(PhotoResult(
             index=i, filename=names[i], width=photo.width, height=photo.height, format=photo.format,
-            draft_scale=photo.draft_scale, results=results, rollup=roll, energy=round(float(energies[i]), 4),
+            draft_scale=photo.draft_scale, results=results, rollup=roll, energy=round(float(answer.energies[i]), 4),
             out_of_distribution=photo_ood[i],
             timings_ms={"decode": round(photo.decode_ms, 3), "queue": round(res.queue_ms, 3),
                         "inference": round(res.run_ms, 3), "batch_size": float(res.batch_size)}))
@@ -364,6 +387,6 @@ async def _answer(state: Any, clf: Classifier, prepared: list[PreparedPhoto],
         "postprocess": round((now - t_post) * 1000.0, 3),
         "total": round((now - t_start) * 1000.0, 3),
     }
-    return IdentifyResponse(model=ModelRef(name=clf.name, version=clf.version), results=fused_results,
-                            rollup=fused_rollup, out_of_distribution=fused_ood, taxon_filter=taxon_filter,
-                            images=photos, timings_ms=timings)
+    return IdentifyResponse(model=ModelRef(name=clf.name, version=clf.version), results=answer.results,
+                            rollup=answer.rollup, out_of_distribution=answer.out_of_distribution,
+                            taxon_filter=taxon_filter, images=photos, timings_ms=timings)

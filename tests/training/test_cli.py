@@ -284,3 +284,33 @@ def test_training_cli_imports_without_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("gate", [None, 1000.0])
+def test_predict_answers_as_identify_does(tmp_path: Path, sqlite_url: str, gate: float | None) -> None:
+    """`pollinid predict` and POST /identify: the same answer for the same photo (one path, the API's names)."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.settings import Settings
+    from tests.helpers import photo_bytes, tiny_card, tiny_onnx_bytes
+    from training.cli import predict_photos
+
+    folder = tmp_path / "models" / "tiny" / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(tiny_onnx_bytes(3))
+    card = tiny_card("tiny", "1")
+    card.calibration.ood_energy_threshold = gate  # 1000: every photo is out of distribution
+    card.save(folder)
+    blobs = {"red": photo_bytes((220, 30, 30)), "mixed": photo_bytes((150, 40, 160))}
+    for name, blob in blobs.items():
+        (tmp_path / f"{name}.jpg").write_bytes(blob)
+    predicted = predict_photos(folder, [tmp_path / f"{name}.jpg" for name in blobs], top_k=2)
+    settings = Settings(data_dir=tmp_path / "data", database_url=sqlite_url, models_dir=tmp_path / "models")
+    with TestClient(create_app(settings)) as client:
+        for mine, blob in zip(predicted, blobs.values(), strict=True):
+            body = client.post("/api/v1/identify?top_k=2", files=[("photos", ("p.jpg", blob, "image/jpeg"))]).json()
+            assert mine["rollup"] == body["rollup"] and mine["results"] == body["results"]
+            assert mine["out_of_distribution"] == body["out_of_distribution"] is (gate is not None)
+            assert mine["energy"] == body["images"][0]["energy"]
+    assert predicted[0]["rollup"]["rank"] == ("genus" if gate else "species")
