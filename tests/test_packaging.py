@@ -35,7 +35,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from service.jobs import queue as jobs
+from service.jobs import rows as jobs
 from service.store.db import create_db_engine, init_db, make_session_factory
 from service.jobs.retrain import check_request
 from service.api.schemas.jobs import RetrainCreate

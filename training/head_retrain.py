@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from service.jobs.protocol import EventKind, RetrainSpec, emit
+from training.job import amend_card, split_observations
+
 
 def _strip(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, float) or v == v}  # drop NaN
@@ -37,30 +40,29 @@ def carry_kit(kit_path: Path, export_dir: Path, meta: dict[str, Any]) -> None:
     (export_dir / REPLAY_META_FILENAME).write_text(json.dumps(carried, indent=2) + "\n", encoding="utf-8")
 
 
-def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
+def run_head(spec: RetrainSpec) -> dict[str, Any]:
     """Fit, export and evaluate the candidate; return ``{"data", "training", "gate_evaluation"}``."""
     from service.core.modelcard import ModelCard
     from training.metrics import compute_metrics
     from training.replay import FeatureExtractor, fit_head, load_kit, logits_of, write_head_model
-    from training.worker_entry import amend_card, split_observations
 
     start = time.perf_counter()
-    if not spec.get("active_model") or not spec.get("replay_kit"):
+    if not spec.active_model or not spec.replay_kit:
         raise ValueError("a retrain without a base dataset needs the active model and its replay kit")
-    active_dir = Path(spec["active_model"])
-    export_dir = Path(spec["export_dir"])
-    threads = int(spec["train"].get("threads") or 0)
+    active_dir = Path(spec.active_model)
+    export_dir = Path(spec.export_dir)
+    threads = int(spec.train.get("threads") or 0)
     card = ModelCard.load(active_dir)
-    kit = load_kit(Path(spec["replay_kit"]))
+    kit = load_kit(Path(spec.replay_kit))
     # The kit's labels are the release's: their rows stay fixed. Classes an earlier last-layer retrain added
     # (after them in the active card) are learnt again from all validated photos, so that they improve as
     # photos arrive; one with no photo now keeps its row.
     frozen = list(kit.labels)
     if list(card.labels[:len(frozen)]) != frozen:
-        raise ValueError(f"the replay kit {spec['replay_kit']} does not hold the first labels of "
+        raise ValueError(f"the replay kit {spec.replay_kit} does not hold the first labels of "
                          f"{card.name}/{card.version}")
-    emit({"event": "progress", "stage": "data", "progress": 0.0,
-          "message": "reading the validated observations (no base dataset: last-layer retrain)"})
+    emit(EventKind.progress, stage="data", progress=0.0,
+         message="reading the validated observations (no base dataset: last-layer retrain)")
     taxonomy: dict[str, Any] = {}
     split = split_observations(spec, list(card.labels), taxonomy)
     new_classes: list[str] = split["new_classes"]
@@ -77,8 +79,8 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     train = split["train"]
-    emit({"event": "progress", "stage": "features", "progress": 0.05,
-          "message": f"features of {len(train)} training photos (and their mirror views)"})
+    emit(EventKind.progress, stage="features", progress=0.05,
+         message=f"features of {len(train)} training photos (and their mirror views)")
     train_f, train_k = extractor.features([s.path for s in train], flip=True)
     held = split["held"]
     held_f, held_k = extractor.features([s.path for s in held])
@@ -86,12 +88,12 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
 
     x = np.concatenate([kit.train_features, train_f])
     y = np.concatenate([kit.train_labels, np.array([index[train[i].label] for i in train_k], np.int64)])
-    emit({"event": "progress", "stage": "train", "progress": 0.5,
-          "message": f"fitting the last layer: {len(kept)} rows kept, {len(refit)} learnt "
-                     f"({len(new_classes)} new classes)"})
+    emit(EventKind.progress, stage="train", progress=0.5,
+         message=f"fitting the last layer: {len(kept)} rows kept, {len(refit)} learnt "
+                 f"({len(new_classes)} new classes)")
     t0 = time.perf_counter()
     weight, bias, fit = fit_head(extractor.head.weight[fixed_rows], extractor.head.bias[fixed_rows], x, y,
-                                 len(refit), seed=int(spec.get("seed", 0)))
+                                 len(refit), seed=spec.seed)
     fit.update(rows_kept=len(kept), rows_learnt=refit)
     timings["fit_seconds"] = round(time.perf_counter() - t0, 2)
 
@@ -132,13 +134,13 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
 
     new_taxonomy = {**card.taxonomy, **{label: taxonomy[label] for label in new_classes if label in taxonomy}}
     data = card.model_dump(mode="python")
-    data.update(version=spec["version"], name=spec["name"], created=datetime.now(UTC), labels=labels,
+    data.update(version=spec.version, name=spec.name, created=datetime.now(UTC), labels=labels,
                 taxonomy=new_taxonomy, metrics={k: v for k, v in cand_all.items() if k != "per_class"},
                 status=None, status_reason=None)
     data["training"] = {
         "strategy": "head",
         "base_model": f"{card.name}/{card.version}",
-        "replay_kit": {"path": spec["replay_kit"], **{k: kit.meta.get(k) for k in
+        "replay_kit": {"path": spec.replay_kit, **{k: kit.meta.get(k) for k in
                                                      ("train_photos", "eval_photos", "per_class", "bytes")}},
         "head_fit": fit,
         "evaluation_photos": len(all_y),
@@ -147,7 +149,7 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
                           if k in card.training},
     }
     new_card = ModelCard.model_validate(data)
-    emit({"event": "progress", "stage": "export", "progress": 0.85, "message": "writing the candidate"})
+    emit(EventKind.progress, stage="export", progress=0.85, message="writing the candidate")
     write_head_model(active_dir, export_dir, weight, bias, new_card)
 
     # Parity: the exported network gives the logits the features said it would.
@@ -172,7 +174,7 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
         "base_photos": {"replay_train": len(kit.train_labels), "replay_eval": len(kit.eval_labels)},
         "validated_observations": len({s.observation_id for s in split["all"]}),
         "validated_photos": len(split["all"]),
-        "validated_observations_exported": spec.get("observations_exported"),
+        "validated_observations_exported": spec.observations_exported,
         "observation_photos": {"train": len(train), "held_out": len(held)},
         "observers": len({s.observer for s in split["all"]}),
         "new_classes": new_classes,
@@ -183,12 +185,12 @@ def run_head(spec: dict[str, Any], emit: Any) -> dict[str, Any]:
         "evaluation_photos": {"replay_eval": len(kit.eval_labels), "observations_held_out": len(held_k)},
     }
     amend_card(export_dir, spec, report)
-    carry_kit(Path(spec["replay_kit"]), export_dir, kit.meta)  # last: binds the kit to the final model.onnx
+    carry_kit(Path(spec.replay_kit), export_dir, kit.meta)  # last: binds the kit to the final model.onnx
     evaluation = {"candidate": cand, "active": active, "candidate_all": cand_all, "new_classes": new_eval,
                   "photos": len(eval_y), "common_labels": sorted(common)}
-    emit({"event": "progress", "stage": "gate", "progress": 0.98, "message": (
+    emit(EventKind.progress, stage="gate", progress=0.98, message=(
         f"gate set: {len(eval_y)} photos of old classes; top-1 candidate {cand['top1']:.4f}, active "
-        f"{active['top1']:.4f}; new classes {new_eval.get('top1', float('nan')):.4f} on {new_eval['photos']}")})
+        f"{active['top1']:.4f}; new classes {new_eval.get('top1', float('nan')):.4f} on {new_eval['photos']}"))
     training = {"status": "succeeded", "strategy": "head", "fit": fit, "timings": timings, "parity_max_diff": parity,
                 "seconds": round(time.perf_counter() - start, 2), "export": str(export_dir)}
     return {"data": report, "training": training, "gate_evaluation": evaluation}

@@ -1,7 +1,9 @@
 """The retrain job's child process: ``python -m training.worker_entry <spec.json>``.
 
-The service's worker (:mod:`service.jobs.worker`) prepares ``spec.json`` (see :func:`service.jobs.retrain.prepare`)
-and runs this module in a child process, so the service itself never imports PyTorch. Here:
+The service's worker (:mod:`service.jobs.worker`) prepares ``spec.json`` (a
+:class:`service.jobs.protocol.RetrainSpec`, see :func:`service.jobs.retrain.prepare`) and runs this module in a
+child process, so the service itself never imports PyTorch. Without a base dataset (strategy ``head``) the body
+is :func:`training.head_retrain.run_head`; with one:
 
 1. merge the base dataset with the validated observations' photos into one manifest. Labels may sit at
    any rank (a species, ``bombus`` at genus, ``vespidae`` at family, ``coleoptera`` at order) or be
@@ -16,8 +18,8 @@ and runs this module in a child process, so the service itself never imports PyT
 4. add the data provenance (base dataset, validated observations used, new classes) to the model card;
 5. write ``result.json`` in the work folder.
 
-Progress goes to stdout as lines ``@@pollinid {json}``; anything else printed is log. The process exits
-when its parent (the worker) dies, so a killed worker never leaves training running.
+Progress goes to stdout as event lines (:mod:`service.jobs.protocol`); anything else printed is log. The
+process exits when its parent (the worker) dies, so a killed worker never leaves training running.
 """
 
 from __future__ import annotations
@@ -31,20 +33,13 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-EVENT_PREFIX = "@@pollinid "
-_print_lock = threading.Lock()
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Send one event to the worker."""
-    line = EVENT_PREFIX + json.dumps(event, default=str)
-    with _print_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+from service.jobs.protocol import RESULT_FILENAME, EventKind, RetrainSpec, emit
+from training.head_retrain import run_head
+from training.job import amend_card, jsonable, run_training, split_observations
 
 
 def _watch_parent(interval: float = 0.5) -> None:
@@ -86,76 +81,22 @@ def _read_base(source: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     return splits, taxonomy
 
 
-def split_observations(spec: dict[str, Any], base_classes: list[str], taxonomy: dict[str, Any]) -> dict[str, Any]:
-    """The validated observations' photos: which classes they bring, and the train / held-out split.
-
-    A label the base (or the active model) lacks becomes a new class with ``min_new_class_photos`` photos;
-    fewer are listed in ``below``, never dropped silently. The split is by observer (and observation); each new
-    class keeps training photos and, when it has photos of two groups or more, gets held-out photos of its own
-    (up to ``gate_min_class_support``) so that the gate judges it on photos it never trained on.
-    """
-    from service.core.taxonomy import read_taxonomy_csv
-    from training.data import Sample, group_split, read_manifest
-
-    seed = int(spec.get("seed", 0))
-    obs: list[Any] = []
-    if spec.get("observations_manifest"):
-        for s in read_manifest(Path(spec["observations_manifest"])).get("train", []):
-            # Prefix the service's ids so they never collide with the base dataset's groups.
-            obs.append(Sample(s.path, s.label, f"pollinid-observation-{s.observation_id}",
-                              f"pollinid-user-{s.observer}"))
-    if spec.get("observations_taxonomy") and Path(spec["observations_taxonomy"]).is_file():
-        for label, info in read_taxonomy_csv(Path(spec["observations_taxonomy"])).items():
-            taxonomy.setdefault(label, info)
-
-    counts = Counter(s.label for s in obs)
-    minimum = int(spec["min_new_class_photos"])
-    new_classes = sorted(label for label, n in counts.items() if label not in base_classes and n >= minimum)
-    below = {label: n for label, n in sorted(counts.items()) if label not in base_classes and n < minimum}
-    obs = [s for s in obs if s.label not in below]
-    obs_train, obs_held = (group_split(obs, float(spec["gate_holdout"]), seed=seed) if obs else ([], []))
-    # A new class must keep training photos: if the split sent all of them to the held-out side, keep
-    # them for training.
-    train_labels = {s.label for s in obs_train}
-    moved = [s for s in obs_held if s.label in new_classes and s.label not in train_labels]
-    if moved:
-        obs_held = [s for s in obs_held if s not in moved]
-        obs_train += moved
-    # And it needs held-out photos of its own for the gate: move whole groups (observers, else observations)
-    # of that class to the held-out side while the class keeps more training photos than it holds out.
-    want = max(1, int(spec.get("gate_min_class_support", 3)))
-    for label in new_classes:
-        held = sum(1 for s in obs_held if s.label == label)
-        groups: dict[str, list[Any]] = {}
-        for s in obs_train:
-            if s.label == label:
-                groups.setdefault(s.observer or s.observation_id or str(s.path), []).append(s)
-        order = sorted(groups, key=lambda g: (len(groups[g]), g))
-        while held < want and len(order) > 1:
-            group = groups[order.pop(0)]
-            kept = sum(len(groups[g]) for g in order)
-            if kept < held + len(group):
-                break
-            obs_train = [s for s in obs_train if s not in group]
-            obs_held += group
-            held += len(group)
-    return {"all": obs, "train": obs_train, "held": obs_held, "counts": counts, "minimum": minimum,
-            "new_classes": new_classes, "below": below}
-
-
-def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+def build_dataset(spec: RetrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     """Write the merged manifest and taxonomy for training; return what went in (the data report)."""
     from training.data import group_split
 
-    work = Path(spec["work_dir"])
-    seed = int(spec.get("seed", 0))
-    base_splits, taxonomy = _read_base(Path(spec["base_dataset"]))
+    spec = RetrainSpec.of(spec)
+    if not spec.base_dataset:
+        raise ValueError("merging a base dataset with the validated observations needs a base dataset")
+    work = Path(spec.work_dir)
+    seed = spec.seed
+    base_splits, taxonomy = _read_base(Path(spec.base_dataset))
     base_train = list(base_splits.get("train", []))
     base_valid = list(base_splits.get("valid", []))
     base_test = list(base_splits.get("test", []))
     base_classes = sorted({s.label for s in base_train})
     if not base_valid:  # no validation split: hold one out of the base training photos, by group
-        base_train, base_valid = group_split(base_train, float(spec["gate_holdout"]), seed=seed)
+        base_train, base_valid = group_split(base_train, float(spec.gate_holdout), seed=seed)
 
     obs_split = split_observations(spec, base_classes, taxonomy)
     obs, obs_train, obs_held = obs_split["all"], obs_split["train"], obs_split["held"]
@@ -192,12 +133,12 @@ def build_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         "taxonomy": str(tax_file),
         "gate_samples": gate_samples,
         "report": {
-            "base_dataset": spec["base_dataset"],
+            "base_dataset": spec.base_dataset,
             "base_classes": base_classes,
             "base_photos": {"train": len(base_train), "valid": len(base_valid), "test": len(base_test)},
             "validated_observations": len(used_obs),
             "validated_photos": len(obs),
-            "validated_observations_exported": spec.get("observations_exported"),
+            "validated_observations_exported": spec.observations_exported,
             "observation_photos": {"train": len(obs_train), "held_out": len(obs_held)},
             "observers": len({s.observer for s in obs}),
             "new_classes": new_classes,
@@ -262,55 +203,29 @@ def gate_evaluation(candidate_dir: Path, active_dir: Path | None, samples: list[
     return out
 
 
-def amend_card(export_dir: Path, spec: dict[str, Any], report: dict[str, Any]) -> None:
-    """Record the retrain's data provenance in the model card (``training.retrain``)."""
-    from service.core.modelcard import ModelCard
-    from training.export import write_card
-
-    card = ModelCard.load(export_dir)
-    card.training["retrain"] = {
-        "job_id": spec["job_id"],
-        "base_dataset": report["base_dataset"],
-        "base_photos": report["base_photos"],
-        "validated_observations": report["validated_observations"],
-        "validated_photos": report["validated_photos"],
-        "observations_since": (report.get("validated_observations_exported") or {}).get("since"),
-        "observers": report["observers"],
-        "new_classes": report["new_classes"],
-        "classes_below_minimum": report["classes_below_minimum"],
-        "previous_model": spec.get("active_model_ref"),
-        "strategy": report.get("strategy", "train"),
-    }
-    write_card(export_dir, card)
-
-
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: RetrainSpec) -> dict[str, Any]:
     """Do the whole child job; return the result written to ``result.json``."""
-    from training.job import run_training
-
-    if spec.get("strategy") == "head":  # no base dataset: a new last layer on the active network
-        from training.head_retrain import run_head
-
-        return run_head(spec, emit)
-    work = Path(spec["work_dir"])
-    emit({"event": "progress", "stage": "data", "progress": 0.0, "message": "merging the base dataset "
-          "with the validated observations"})
+    if spec.strategy == "head":  # no base dataset: a new last layer on the active network
+        return run_head(spec)
+    work = Path(spec.work_dir)
+    emit(EventKind.progress, stage="data", progress=0.0,
+         message="merging the base dataset with the validated observations")
     data = build_dataset(spec)
     report = data["report"]
-    emit({"event": "log", "message": (
+    emit(EventKind.log, message=(
         f"data: {len(report['classes'])} classes; {report['validated_observations']} validated observations "
         f"({report['validated_photos']} photos) from {report['observers']} observers; new classes "
         f"{report['new_classes'] or 'none'}; below the minimum of {report['min_new_class_photos']} photos: "
-        f"{report['classes_below_minimum'] or 'none'}")})
-    epochs = int(spec["train"].get("epochs", 10))
+        f"{report['classes_below_minimum'] or 'none'}"))
+    epochs = int(spec.train.get("epochs", 10))
     config = {
-        **spec["train"],
+        **spec.train,
         "data": data["manifest"],
         "taxonomy": data["taxonomy"],
         "out": str(work / "run"),
-        "name": spec["name"],
-        "version": spec["version"],
-        "export_dir": spec["export_dir"],
+        "name": spec.name,
+        "version": spec.version,
+        "export_dir": spec.export_dir,
         "progress": False,
     }
 
@@ -325,21 +240,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             if rows:
                 extra["metrics"] = {k: float(v) for k, v in rows[-1].items()
                                     if k in ("train_loss", "train_accuracy", "held_nll", "held_accuracy")}
-        emit({"event": "progress", **event, **extra,
-              "progress": 0.02 + 0.9 * float(event.get("progress", 0.0)), "epochs": epochs})
+        emit(EventKind.progress, **{**event, **extra, "progress": 0.02 + 0.9 * float(event.get("progress", 0.0)),
+                                    "epochs": epochs})
 
     training = run_training(config, on_progress)
-    export_dir = Path(spec["export_dir"])
-    emit({"event": "progress", "stage": "gate", "progress": 0.93,
-          "message": "evaluating the candidate and the active model on the same photos"})
-    active = Path(spec["active_model"]) if spec.get("active_model") else None
+    export_dir = Path(spec.export_dir)
+    emit(EventKind.progress, stage="gate", progress=0.93,
+         message="evaluating the candidate and the active model on the same photos")
+    active = Path(spec.active_model) if spec.active_model else None
     evaluation = gate_evaluation(export_dir, active, data["gate_samples"], report["new_classes"])
     amend_card(export_dir, spec, report)
-    emit({"event": "progress", "stage": "gate", "progress": 0.98, "message": (
+    emit(EventKind.progress, stage="gate", progress=0.98, message=(
         f"gate set: {evaluation['photos']} photos; top-1 candidate "
         f"{evaluation['candidate'].get('top1', float('nan')):.4f}"
         + (f", active {evaluation['active'].get('top1', float('nan')):.4f}" if evaluation.get("active") else
-           ", no active model"))})
+           ", no active model")))
     return {"data": report, "training": training, "gate_evaluation": evaluation}
 
 
@@ -350,21 +265,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     _watch_parent()
-    spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
     try:
+        spec = RetrainSpec.read(Path(argv[0]))
         result = run(spec)
     except Exception as exc:
         traceback.print_exc(file=sys.stdout)
-        emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+        emit(EventKind.error, message=f"{type(exc).__name__}: {exc}")
         return 1
-    out = Path(spec["work_dir"]) / "result.json"
+    out = Path(spec.work_dir) / RESULT_FILENAME
     tmp = out.with_suffix(".json.tmp")
-    from training.job import _jsonable
-
-    tmp.write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(jsonable(result), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out)
-    emit({"event": "progress", "stage": "done", "progress": 1.0, "message": "candidate ready"})
+    emit(EventKind.progress, stage="done", progress=1.0, message="candidate ready")
     return 0
 
 

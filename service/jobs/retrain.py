@@ -3,14 +3,18 @@
 The training itself runs in a child process (``python -m training.worker_entry spec.json``; see
 :mod:`service.jobs.worker`), so the service never imports PyTorch. This module:
 
-1. :func:`check_request` turns an admin's :class:`~service.api.schemas.jobs.RetrainCreate` into job params
-   (the base dataset must exist on the server, the model name is known, the version is free);
+1. :func:`check_request` turns an admin's :class:`~service.jobs.params.RetrainCreate` into the job's
+   :class:`~service.jobs.params.RetrainParams` (the base dataset must exist on the server, the model name is
+   known, the version is free);
 2. :func:`prepare` writes, for one attempt, the validated observations as a training manifest (the
    service's own export, :func:`service.exports.writers.write_training_manifest`), their taxonomy, and the
-   ``spec.json`` the child reads; it picks the new version and reserves its folder;
+   child's :class:`~service.jobs.protocol.RetrainSpec` (``spec.json``); it picks the new version and reserves
+   its folder (:func:`release_reservation` gives it back);
 3. :func:`complete` registers the exported candidate as a model version, applies the non-regression gate
    (:mod:`service.jobs.gate`) to the two metric sets the child measured, writes ``gate.json`` next to the
    model, and activates the candidate when ``auto_activate`` is set and it passed.
+
+:class:`RetrainHandler` is the worker's handle on these steps (:mod:`service.jobs.handlers`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ import json
 import logging
 import os
 import re
-from datetime import datetime
+import sys
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api.schemas.jobs import RetrainCreate
 from service.core.errors import Conflict, InvalidRequest
 from service.core.modelcard import CARD_FILENAME, NOT_A_TAXON, ONNX_FILENAME, RANKS
 from service.core.taxonomy import NO_INSECT
@@ -36,6 +39,10 @@ from service.inference.classifier import RuntimeOptions
 from service.inference.registry import ModelRegistry
 from service.inference.versions import VersionState, write_card_state
 from service.jobs.gate import GateConfig, compare
+from service.jobs.handlers import Attempt
+from service.jobs.params import RetrainCreate, RetrainParams
+from service.jobs.protocol import RESULT_FILENAME, SPEC_FILENAME, RetrainSpec
+from service.jobs.retrain_plan import plan_retrain, replay_kit
 from service.settings import Settings
 from service.store.tables import ModelVersion, Taxon, TaxonLabel
 
@@ -101,7 +108,8 @@ def _inside(candidate: Path, roots: list[Path]) -> bool:
 
 
 def check_request(body: RetrainCreate, *, session: Session, settings: Settings) -> dict[str, Any]:
-    """Validate a retrain request against the server; return the job's params.
+    """Validate a retrain request against the server; return the job's params (a
+    :class:`~service.jobs.params.RetrainParams` as JSON, as the job's row stores them).
 
     Raises:
         InvalidRequest: the base dataset or weights are outside the retrain data folders, missing, or of an
@@ -131,17 +139,17 @@ def check_request(body: RetrainCreate, *, session: Session, settings: Settings) 
         folders = (settings.models_dir / name / body.version, settings.trained_models_path / name / body.version)
         if exists is not None or any(f.exists() for f in folders):
             raise Conflict(f"model {name}/{body.version} already exists; choose another version")
-    params = body.model_dump(mode="json")
-    params.update(base_dataset=str(base) if base is not None else None, name=name)
-    if weights is not None:
-        params["weights"] = str(weights)
-    if params["min_new_class_photos"] is None:
-        params["min_new_class_photos"] = settings.retrain_min_new_class_photos
+    params = RetrainParams.model_validate({
+        **body.model_dump(),
+        "base_dataset": str(base) if base is not None else None,
+        "name": name,
+        "weights": str(weights) if weights is not None else body.weights,
+        "min_new_class_photos": (body.min_new_class_photos if body.min_new_class_photos is not None
+                                 else settings.retrain_min_new_class_photos),
+    })
     # Work out what it would train on; a request bound to fail is refused here (422), not queued.
-    from service.jobs.retrain_plan import plan_retrain
-
-    params["plan"] = plan_retrain(params, session=session, settings=settings)
-    return params
+    params.plan = plan_retrain(params, session=session, settings=settings)
+    return params.model_dump(mode="json")
 
 
 def _versions_on_disk(folders: list[Path], name: str) -> list[str]:
@@ -212,21 +220,24 @@ def observation_taxonomy(session: Session, labels: set[str]) -> dict[str, dict[s
     return out
 
 
-def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Session], settings: Settings,
-            work_dir: Path) -> dict[str, Any]:
+def _since_text(params: RetrainParams) -> str | None:
+    """``observations_since`` as the job's params hold it (JSON)."""
+    since: str | None = params.model_dump(mode="json", include={"observations_since"})["observations_since"]
+    return since
+
+
+def prepare(job_id: int, params: RetrainParams, *, factory: sessionmaker[Session], settings: Settings,
+            work_dir: Path) -> RetrainSpec:
     """Write this attempt's inputs into ``work_dir`` and return the child's spec (also in ``spec.json``)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    name = params["name"]
+    name = params.name
     manifest: Path | None = None
     taxonomy: Path | None = None
     observations = photos = 0
     with factory() as session:
-        if params.get("include_observations", True):
-            since = params.get("observations_since")
+        if params.include_observations:
             manifest = work_dir / "observations.csv"
-            exported = write_training_manifest(
-                session, settings, manifest, since=datetime.fromisoformat(since) if since else None
-            )
+            exported = write_training_manifest(session, settings, manifest, since=params.observations_since)
             observations, photos = exported.records, exported.media
             with manifest.open(newline="", encoding="utf-8") as fh:
                 labels = {row["label"] for row in csv.DictReader(fh)}
@@ -245,57 +256,52 @@ def prepare(job_id: int, params: dict[str, Any], *, factory: sessionmaker[Sessio
         session.rollback()
     # Trained versions go to the data folder's trained models folder, never into the releases (the package).
     existing += _versions_on_disk([settings.models_dir], name)
-    version = params.get("resolved_version") or _reserve_version(
-        settings.trained_models_path, name, params.get("version"), existing, job_id)
+    version = _reserve_version(settings.trained_models_path, name, params.version, existing, job_id)
     active_folder = None
     if active is not None and (Path(active[2]) / ONNX_FILENAME).is_file():
         active_folder = str(Path(active[2]).resolve())
-    plan = params.get("plan") or {}
-    kit = plan.get("replay_kit")
-    if plan.get("strategy") == "head" and active is not None:
+    strategy = params.plan.get("strategy", "train")
+    kit = params.plan.get("replay_kit")
+    if strategy == "head" and active is not None:
         # The kit of the version active now (another may have been activated since the request).
-        from service.jobs.retrain_plan import replay_kit
-
         found = replay_kit(settings, active[0], active[1], Path(active[2]))
         kit = str(found) if found is not None else None
     train = {
-        "backbone": params["backbone"], "pretrained": params["pretrained"], "mode": params["mode"],
-        "epochs": params["epochs"], "batch_size": params["batch_size"], "lr": params["lr"],
-        "views": params["views"], "holdout": params["holdout"], "workers": params["workers"],
-        "threads": params["threads"], "device": params["device"], "seed": params["seed"],
-        **({"weights": params["weights"]} if params.get("weights") else {}),
-        **({"input_size": params["input_size"]} if params.get("input_size") else {}),
-        **(params.get("options") or {}),
+        "backbone": params.backbone, "pretrained": params.pretrained, "mode": params.mode,
+        "epochs": params.epochs, "batch_size": params.batch_size, "lr": params.lr,
+        "views": params.views, "holdout": params.holdout, "workers": params.workers,
+        "threads": params.threads, "device": params.device, "seed": params.seed,
+        **({"weights": params.weights} if params.weights else {}),
+        **({"input_size": params.input_size} if params.input_size else {}),
+        **params.options,
     }
-    spec = {
-        "job_id": job_id,
-        "work_dir": str(work_dir),
-        "base_dataset": params["base_dataset"],
-        "observations_manifest": str(manifest) if manifest else None,
-        "observations_taxonomy": str(taxonomy) if taxonomy else None,
-        "observations_exported": {"observations": observations, "photos": photos,
-                                  "since": params.get("observations_since")},
-        "min_new_class_photos": int(params.get("min_new_class_photos")
-                                    or settings.retrain_min_new_class_photos),
-        "strategy": (params.get("plan") or {}).get("strategy", "train"),
-        "replay_kit": kit,
-        "gate_holdout": params["gate_holdout"],
-        "gate_min_class_support": int(params.get("min_class_support", 3)),
-        "seed": params["seed"],
-        "active_model": active_folder,
-        "active_model_ref": f"{active[0]}/{active[1]}" if active is not None else None,
-        "name": name,
-        "version": version,
-        "export_dir": str((settings.trained_models_path / name / version).resolve()),
-        "train": train,
-    }
-    (work_dir / "spec.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    spec = RetrainSpec(
+        job_id=job_id,
+        work_dir=str(work_dir),
+        base_dataset=params.base_dataset,
+        observations_manifest=str(manifest) if manifest else None,
+        observations_taxonomy=str(taxonomy) if taxonomy else None,
+        observations_exported={"observations": observations, "photos": photos, "since": _since_text(params)},
+        min_new_class_photos=params.min_new_class_photos,
+        strategy=strategy,
+        replay_kit=kit,
+        gate_holdout=params.gate_holdout,
+        gate_min_class_support=params.min_class_support,
+        seed=params.seed,
+        active_model=active_folder,
+        active_model_ref=f"{active[0]}/{active[1]}" if active is not None else None,
+        name=name,
+        version=version,
+        export_dir=str((settings.trained_models_path / name / version).resolve()),
+        train=train,
+    )
+    spec.write(work_dir / SPEC_FILENAME)
     return spec
 
 
-def release_reservation(spec: dict[str, Any]) -> None:
+def release_reservation(spec: RetrainSpec) -> None:
     """Remove the version folder reserved by :func:`prepare` if nothing was exported into it."""
-    folder = Path(spec["export_dir"])
+    folder = Path(spec.export_dir)
     try:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
@@ -303,23 +309,22 @@ def release_reservation(spec: dict[str, Any]) -> None:
         pass
 
 
-def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any], *,
+def complete(spec: RetrainSpec, child: dict[str, Any], params: RetrainParams, *,
              factory: sessionmaker[Session], settings: Settings) -> dict[str, Any]:
     """Register the candidate, apply the gate, maybe activate; return the job's result."""
-    name, version = spec["name"], spec["version"]
-    folder = Path(spec["export_dir"])
+    name, version = spec.name, spec.version
+    folder = Path(spec.export_dir)
     if not (folder / ONNX_FILENAME).is_file() or not (folder / CARD_FILENAME).is_file():
         raise RuntimeError(f"the training child finished but {folder} holds no exported model")
     evaluation = child.get("gate_evaluation") or {}
-    config = GateConfig(tolerance=float(params.get("tolerance", 0.01)),
-                        class_margin=float(params.get("class_margin", 0.05)),
-                        min_class_support=int(params.get("min_class_support", 3)),
-                        new_class_min_recall=float(params.get("new_class_min_recall", 0.5)))
+    config = GateConfig(tolerance=params.tolerance, class_margin=params.class_margin,
+                        min_class_support=params.min_class_support,
+                        new_class_min_recall=params.new_class_min_recall)
     decision = compare(evaluation.get("candidate") or {}, evaluation.get("active"), config,
                        evaluation.get("new_classes"))
     gate = {
         **decision,
-        "active_model": spec.get("active_model_ref"),
+        "active_model": spec.active_model_ref,
         "candidate_model": f"{name}/{version}",
         "evaluation_photos": evaluation.get("photos"),
         "common_labels": evaluation.get("common_labels"),
@@ -338,11 +343,11 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
     registry.set_state(name, version, state.value, reason=reason)
     activated = False
     activation_error = None
-    if params.get("auto_activate"):
+    if params.auto_activate:
         if decision["passed"]:
             try:
                 registry.activate(name, version,
-                                  reason=f"retrain job {spec['job_id']}: auto_activate after passing the gate")
+                                  reason=f"retrain job {spec.job_id}: auto_activate after passing the gate")
                 activated = True
             except Exception as exc:  # an invalid export must not fail the job's bookkeeping
                 activation_error = str(getattr(exc, "message", exc))
@@ -359,3 +364,38 @@ def complete(spec: dict[str, Any], child: dict[str, Any], params: dict[str, Any]
         "data": child.get("data"),
         "training": child.get("training"),
     }
+
+
+class RetrainHandler:
+    """Retrain jobs (see :class:`service.jobs.handlers.JobHandler`): the child is ``training.worker_entry``."""
+
+    downloadable = False
+
+    def prepare(self, attempt: Attempt) -> RetrainSpec:
+        params = RetrainParams.model_validate(attempt.job.params)
+        spec = prepare(attempt.job.id, params, factory=attempt.factory, settings=attempt.settings,
+                       work_dir=attempt.work_dir)
+        exported = spec.observations_exported
+        attempt.log(f"training {spec.name}/{spec.version} from "
+                    f"{spec.base_dataset or 'the active model and its replay kit (last layer only)'}"
+                    f" + {exported['observations']} validated observations ({exported['photos']} photos)")
+        return spec
+
+    def command(self, spec: RetrainSpec, attempt: Attempt) -> list[str]:
+        return [sys.executable, "-m", "training.worker_entry", str(attempt.spec_path)]
+
+    def complete(self, spec: RetrainSpec, attempt: Attempt) -> dict[str, Any]:
+        child = json.loads((attempt.work_dir / RESULT_FILENAME).read_text(encoding="utf-8"))
+        attempt.log("registering the candidate and applying the gate")
+        return complete(spec, child, RetrainParams.model_validate(attempt.job.params), factory=attempt.factory,
+                        settings=attempt.settings)
+
+    def release(self, spec: RetrainSpec, attempt: Attempt) -> None:
+        release_reservation(spec)
+
+    def summary(self, spec: RetrainSpec, result: dict[str, Any]) -> str:
+        gate = result.get("gate") or {}
+        model = result.get("model") or {}
+        return (f"candidate {model.get('name')}/{model.get('version')}: gate "
+                f"{'passed' if gate.get('passed') else 'failed'} ({'; '.join(gate.get('reasons', []))}); "
+                f"{'activated' if result.get('activated') else 'not activated'}")

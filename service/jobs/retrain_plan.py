@@ -31,6 +31,7 @@ from service.core.errors import InvalidRequest
 from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
 from service.exports.writers import training_rows
 from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
+from service.jobs.params import RetrainParams
 from service.settings import Settings
 from service.store.tables import ModelVersion, Taxon, TaxonLabel
 
@@ -118,7 +119,7 @@ def _taxonomy_clashes(session: Session, known: dict[str, str], new_labels: list[
     return problems
 
 
-def plan_retrain(params: dict[str, Any], *, session: Session, settings: Settings) -> dict[str, Any]:
+def plan_retrain(params: RetrainParams, *, session: Session, settings: Settings) -> dict[str, Any]:
     """Check that the retrain can succeed and return its plan (also stored in the job's params).
 
     Returns:
@@ -128,14 +129,13 @@ def plan_retrain(params: dict[str, Any], *, session: Session, settings: Settings
     Raises:
         InvalidRequest: the request is bound to fail (the message says why and what to change).
     """
-    name = params["name"]
-    minimum = int(params["min_new_class_photos"])
-    since = params.get("observations_since")
-    counts = (observation_counts(session, settings, datetime.fromisoformat(since) if since else None)
-              if params.get("include_observations", True) else {})
+    name = params.name
+    minimum = params.min_new_class_photos
+    counts = (observation_counts(session, settings, params.observations_since)
+              if params.include_observations else {})
     plan: dict[str, Any] = {"min_new_class_photos": minimum, "validated_photos": sum(counts.values())}
-    if params.get("base_dataset"):
-        base = Path(params["base_dataset"])
+    if params.base_dataset:
+        base = Path(params.base_dataset)
         classes = base_classes(base)
         plan["strategy"] = "train"
         known_taxonomy = _base_taxonomy(base)
@@ -172,7 +172,7 @@ def plan_retrain(params: dict[str, Any], *, session: Session, settings: Settings
         known_taxonomy = {label: card.taxon_of(label).scientific_name or label for label in card.labels
                           if card.taxon_of(label).is_taxon}
         plan.update(strategy="head", replay_kit=str(kit), active_model=f"{name}/{row.version}")
-        if params.get("options"):
+        if params.options:
             raise InvalidRequest("training options do not apply without a base dataset (only the model's last "
                                  "layer is retrained)", detail={"field": "options"})
     new = {label: n for label, n in sorted(counts.items()) if label not in classes and n >= minimum}

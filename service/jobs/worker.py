@@ -1,19 +1,21 @@
 """The job worker: claims queued jobs, runs each in a child process, streams progress into the job row.
 
 One worker runs one job at a time; run as many workers as there are machines or GPUs (``pollinid worker``),
-they share the queue through the database (see :mod:`service.jobs.queue`).
+they share the queue through the database (see :mod:`service.jobs.rows`).
 
 For every job the worker
 
-1. re-queues jobs of dead workers (:func:`service.jobs.queue.reap_stale`), then claims the oldest queued job;
-2. prepares the attempt's folder ``<jobs_dir>/<job id>/attempt-<n>/`` and starts the child: retrain jobs
-   run ``python -m training.worker_entry spec.json`` (PyTorch lives only there), export jobs run
-   ``python -m service.jobs.worker export spec.json``;
-3. while the child runs, reads its output (``@@pollinid {json}`` event lines and plain log lines),
+1. re-queues jobs of dead workers (:func:`service.jobs.rows.reap_stale`), then claims the oldest queued job;
+2. looks up the handler of the job's kind (:mod:`service.jobs.kinds`), which prepares the attempt's folder
+   ``<jobs_dir>/<job id>/attempt-<n>/`` and names the child process to start (retrain jobs run
+   ``python -m training.worker_entry spec.json``, where PyTorch lives; export jobs
+   ``python -m service.jobs.export_job spec.json``);
+3. while the child runs, reads its output (event lines and plain log lines, :mod:`service.jobs.protocol`),
    writes progress, epoch, metrics and the log tail into the row and heartbeats; a cancel request stops
    the child's whole process group;
-4. when the child exits: retrain jobs are registered and gated (:func:`service.jobs.retrain.complete`), export
-   jobs record their file; the row becomes ``succeeded`` or ``failed`` with the reason.
+4. when the child exits, the handler completes the job (a retrain's candidate is registered and gated, an
+   export's file recorded) and the row becomes ``succeeded``, or ``failed`` with the reason; an attempt that
+   did not succeed is released (a retrain's reserved version folder is given back).
 
 If the worker itself is killed, its heartbeat stops; another worker re-queues the job (or fails it after
 ``job_max_attempts`` runs), and the orphaned child notices its parent is gone and exits.
@@ -22,14 +24,12 @@ If the worker itself is killed, its heartbeat stops; another worker re-queues th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -40,15 +40,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs import queue as jobs_mod
-from service.jobs.queue import Claimed, JobKind, JobState, Ownership
+from service.jobs import rows
+from service.jobs.handlers import Attempt
+from service.jobs.kinds import handler_for
+from service.jobs.protocol import EventKind, parse_event
+from service.jobs.rows import Claimed, JobState, Ownership
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EVENT_PREFIX = "@@pollinid "
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXPORT_FILENAME = "export.json"  # what an export child writes next to its file
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def new_worker_id() -> str:
@@ -139,8 +140,8 @@ class Worker:
 
     def run_once(self) -> bool:
         """Reap dead workers' jobs, then claim and run one job. Returns whether a job ran."""
-        jobs_mod.reap_stale(self.factory, stale_seconds=self.settings.worker_stale_seconds)
-        claimed = jobs_mod.claim_next(self.factory, worker_id=self.worker_id)
+        rows.reap_stale(self.factory, stale_seconds=self.settings.worker_stale_seconds)
+        claimed = rows.claim_next(self.factory, worker_id=self.worker_id)
         if claimed is None:
             return False
         self.run_job(claimed)
@@ -148,37 +149,26 @@ class Worker:
 
     # -- one job --------------------------------------------------------------------------------------
     def _log(self, job_id: int, *lines: str) -> Ownership:
-        return jobs_mod.report_progress(self.factory, job_id, self.worker_id, log=list(lines),
+        return rows.report_progress(self.factory, job_id, self.worker_id, log=list(lines),
                                         keep_lines=self.settings.job_log_lines)
 
     def _finish(self, job: Claimed, state: JobState, **kwargs: Any) -> None:
-        jobs_mod.finish(self.factory, job.id, self.worker_id, state=state,
+        rows.finish(self.factory, job.id, self.worker_id, state=state,
                         keep_lines=self.settings.job_log_lines, **kwargs)
 
     def run_job(self, job: Claimed) -> None:
         """Run a claimed job to its end (succeeded, failed, cancelled, or re-queued on shutdown)."""
+        handler = handler_for(job.kind)
+        if handler is None:
+            self._finish(job, JobState.failed, error=f"unknown job kind {job.kind!r}")
+            return
         work = self.settings.jobs_path / str(job.id) / f"attempt-{job.attempts}"
         work.mkdir(parents=True, exist_ok=True)
-        spec: dict[str, Any] | None = None
+        attempt = Attempt(job=job, work_dir=work, factory=self.factory, settings=self.settings,
+                          log=lambda *lines: self._log(job.id, *lines))
         try:
-            if job.kind == JobKind.retrain:
-                from service.jobs import retrain
-
-                spec = retrain.prepare(job.id, job.params, factory=self.factory, settings=self.settings,
-                                       work_dir=work)
-                self._log(job.id, f"training {spec['name']}/{spec['version']} from "
-                          f"{spec['base_dataset'] or 'the active model and its replay kit (last layer only)'}"
-                          f" + {spec['observations_exported']['observations']} validated observations "
-                          f"({spec['observations_exported']['photos']} photos)")
-                cmd = [sys.executable, "-m", "training.worker_entry", str(work / "spec.json")]
-            elif job.kind == JobKind.export:
-                spec = {"kind": job.params["kind"], "work_dir": str(work),
-                        "settings": self.settings.model_dump(mode="json", exclude={"secret_key"})}
-                (work / "spec.json").write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-                cmd = [sys.executable, "-m", "service.jobs.worker", "export", str(work / "spec.json")]
-            else:
-                self._finish(job, JobState.failed, error=f"unknown job kind {job.kind!r}")
-                return
+            spec = handler.prepare(attempt)
+            cmd = handler.command(spec, attempt)
         except Exception as exc:
             logger.exception("job %d could not be prepared", job.id)
             reason = getattr(exc, "message", exc)
@@ -186,57 +176,30 @@ class Worker:
             return
 
         outcome, stream = self._supervise(job, cmd, work)
+        if outcome != "ok":
+            handler.release(spec, attempt)
         if outcome == "cancelled":
-            self._release(job, spec)
             self._finish(job, JobState.cancelled, log=["child stopped"])
             return
         if outcome == "lost":
-            self._release(job, spec)
             logger.warning("job %d was taken from worker %s; child stopped", job.id, self.worker_id)
             return
         if outcome == "shutdown":
-            self._release(job, spec)
             self._finish(job, JobState.queued, log=["worker shutting down: re-queued"])
             return
         if outcome != "ok":
-            self._release(job, spec)
             tail = " | ".join(stream.lines[-3:])
             self._finish(job, JobState.failed, error=stream.error or f"the job's process {outcome}: {tail}")
             return
         try:
-            result = self._complete(job, spec or {}, work)
+            result = handler.complete(spec, attempt)
         except Exception as exc:
             logger.exception("job %d: finishing failed", job.id)
             reason = getattr(exc, "message", exc)
             self._finish(job, JobState.failed, error=f"finishing the job failed: {reason}",
                          log=traceback.format_exc().splitlines()[-3:])
             return
-        self._finish(job, JobState.succeeded, result=result, log=self._summary(job, result))
-
-    def _release(self, job: Claimed, spec: dict[str, Any] | None) -> None:
-        if job.kind == JobKind.retrain and spec:
-            from service.jobs.retrain import release_reservation
-
-            release_reservation(spec)
-
-    def _complete(self, job: Claimed, spec: dict[str, Any], work: Path) -> dict[str, Any]:
-        if job.kind == JobKind.retrain:
-            from service.jobs.retrain import complete
-
-            child = json.loads((work / "result.json").read_text(encoding="utf-8"))
-            self._log(job.id, "registering the candidate and applying the gate")
-            return complete(spec, child, job.params, factory=self.factory, settings=self.settings)
-        return json.loads((work / EXPORT_FILENAME).read_text(encoding="utf-8"))
-
-    @staticmethod
-    def _summary(job: Claimed, result: dict[str, Any]) -> list[str]:
-        if job.kind == JobKind.retrain:
-            gate = result.get("gate") or {}
-            model = result.get("model") or {}
-            return [f"candidate {model.get('name')}/{model.get('version')}: gate "
-                    f"{'passed' if gate.get('passed') else 'failed'} ({'; '.join(gate.get('reasons', []))}); "
-                    f"{'activated' if result.get('activated') else 'not activated'}"]
-        return [f"wrote {result.get('filename')} ({result.get('records')} records)"]
+        self._finish(job, JobState.succeeded, result=result, log=[handler.summary(spec, result)])
 
     def _supervise(self, job: Claimed, cmd: list[str], work: Path) -> tuple[str, _Stream]:
         """Run the child to its end; return ``ok``, ``cancelled``, ``lost``, ``shutdown`` or an exit text."""
@@ -312,19 +275,15 @@ class Worker:
     def _take(line: str, stream: _Stream) -> None:
         """Fold one output line of the child into the pending update."""
         stream.dirty = True
-        if not line.startswith(EVENT_PREFIX):
+        event = parse_event(line)
+        if event is None:
             if line.strip():
                 stream.lines.append(line[:500])
             return
-        try:
-            event = json.loads(line[len(EVENT_PREFIX):])
-        except json.JSONDecodeError:
-            stream.lines.append(line[:500])
-            return
         kind = event.get("event")
-        if kind == "error":
+        if kind == EventKind.error:
             stream.error = str(event.get("message"))[:4000]
-        if kind == "progress":
+        if kind == EventKind.progress:
             if event.get("progress") is not None:
                 stream.progress = float(event["progress"])
             stream.stage = event.get("stage") or stream.stage
@@ -340,7 +299,7 @@ class Worker:
             stream.lines.append(f"{prefix}{message}"[:500])
 
     def _flush(self, job: Claimed, stream: _Stream) -> Ownership:
-        state = jobs_mod.report_progress(
+        state = rows.report_progress(
             self.factory, job.id, self.worker_id, progress=stream.progress, stage=stream.stage,
             epoch=stream.epoch, epochs=stream.epochs, metrics=stream.metrics, log=stream.lines,
             keep_lines=self.settings.job_log_lines,
@@ -349,51 +308,3 @@ class Worker:
         stream.metrics = None
         stream.dirty = False
         return state
-
-
-# -- the export child: ``python -m service.jobs.worker export spec.json`` ---------------------------------------
-
-
-def run_export_child(spec_path: Path) -> int:
-    """Write one export (dwca, csv, training manifest) into the spec's work folder."""
-    from service.exports.writers import MEDIA_TYPES, export
-    from service.store.db import create_db_engine, make_session_factory
-
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    settings = Settings.model_validate(spec["settings"])
-    kind = spec["kind"]
-    media_type, filename = MEDIA_TYPES[kind]
-    work = Path(spec["work_dir"])
-    print(EVENT_PREFIX + json.dumps({"event": "progress", "stage": "export", "progress": 0.05,
-                                     "message": f"writing the {kind} export"}), flush=True)
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            result = export(session, settings, kind, work / filename)
-    finally:
-        engine.dispose()
-    info = {"kind": kind, "filename": filename, "media_type": media_type, "path": str(result.path),
-            "records": result.records, "media": result.media, "size_bytes": result.path.stat().st_size}
-    (work / EXPORT_FILENAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(EVENT_PREFIX + json.dumps({"event": "progress", "stage": "done", "progress": 1.0,
-                                     "message": f"{result.records} records"}), flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) == 2 and args[0] == "export":
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-        try:
-            return run_export_child(Path(args[1]))
-        except Exception as exc:
-            traceback.print_exc(file=sys.stdout)
-            print(EVENT_PREFIX + json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}),
-                  flush=True)
-            return 1
-    print("usage: python -m service.jobs.worker export SPEC.json", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":  # pragma: no cover - the export child
-    sys.exit(main())

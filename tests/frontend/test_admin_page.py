@@ -13,8 +13,8 @@ from playwright.sync_api import expect
 
 from service import accounts as auth
 from service.core.modelcard import ModelCard
-from service.jobs import queue as jobs
-from service.jobs.queue import JobState
+from service.jobs import rows as jobs
+from service.jobs.rows import JobState
 from service.jobs.worker import Worker
 from tests.helpers import write_tiny_model
 from tests.service.jobs_support import base_dataset

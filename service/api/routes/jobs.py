@@ -12,7 +12,8 @@ from service.accounts import Role
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.api.schemas.jobs import ExportCreate, JobPublic, JobsPublic, RetrainCreate
 from service.core.errors import Conflict, NotFound
-from service.jobs import queue as jobs
+from service.jobs import rows as jobs
+from service.jobs.kinds import HANDLERS, handler_for
 from service.jobs.retrain import check_request
 from service.store.tables import Job
 
@@ -21,9 +22,14 @@ router = APIRouter(prefix="/admin", tags=["jobs"], dependencies=[Depends(require
 
 def job_public(job: Job) -> JobPublic:
     out = JobPublic.model_validate(job)
-    if job.kind == jobs.JobKind.export and job.state == jobs.JobState.succeeded and job.result:
+    if _downloadable(job.kind) and job.state == jobs.JobState.succeeded and job.result:
         out.download = f"/api/v1/admin/jobs/{job.id}/download"
     return out
+
+
+def _downloadable(kind: str) -> bool:
+    handler = handler_for(kind)
+    return handler is not None and handler.downloadable
 
 
 @router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
@@ -31,7 +37,7 @@ def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: Setti
                        user: CurrentUser) -> JobPublic:
     """Queue a retrain job: base dataset plus validated observations, gated against the active model."""
     params = check_request(body, session=session, settings=settings)
-    job = jobs.create_job(session=session, kind="retrain", params=params, created_by=user.id,
+    job = jobs.create_job(session=session, kind=jobs.JobKind.retrain, params=params, created_by=user.id,
                           max_attempts=settings.job_max_attempts)
     session.commit()
     return job_public(job)
@@ -41,7 +47,7 @@ def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: Setti
 def create_export_job(body: ExportCreate, session: SessionDep, settings: SettingsDep,
                       user: CurrentUser) -> JobPublic:
     """Queue an export job (dwca, csv or training manifest); download it when it has succeeded."""
-    job = jobs.create_job(session=session, kind="export", params={"kind": body.kind}, created_by=user.id,
+    job = jobs.create_job(session=session, kind=jobs.JobKind.export, params=body.model_dump(), created_by=user.id,
                           max_attempts=settings.job_max_attempts)
     session.commit()
     return job_public(job)
@@ -50,7 +56,7 @@ def create_export_job(body: ExportCreate, session: SessionDep, settings: Setting
 @router.get("/jobs", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
-    kind: Literal["retrain", "export"] | None = None,
+    kind: jobs.JobKind | None = None,
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
@@ -81,8 +87,8 @@ def download_job_output(job_id: int, session: SessionDep, settings: SettingsDep)
     job = jobs.get_job(session=session, job_id=job_id)
     kind, state, result = job.kind, job.state, dict(job.result or {})
     session.rollback()  # end the transaction before streaming (on SQLite it holds the write lock)
-    if kind != jobs.JobKind.export:
-        raise NotFound(f"job {job_id} is a {kind} job; only export jobs have a download")
+    if not _downloadable(kind):
+        raise NotFound(f"job {job_id} is a {kind} job; only {_with_download()} jobs have a download")
     if state != jobs.JobState.succeeded or not result:
         raise Conflict(f"job {job_id} is {state}; its file can be downloaded once it has succeeded")
     path = Path(str(result.get("path", "")))
@@ -91,3 +97,7 @@ def download_job_output(job_id: int, session: SessionDep, settings: SettingsDep)
         raise NotFound(f"the output of job {job_id} is no longer on the server")
     return FileResponse(path, media_type=str(result.get("media_type") or "application/octet-stream"),
                         filename=str(result.get("filename") or path.name))
+
+
+def _with_download() -> str:
+    return " and ".join(kind for kind, handler in HANDLERS.items() if handler.downloadable)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api.schemas.jobs import RetrainCreate
-from service.jobs import queue as jobs
+from service.jobs import rows as jobs
+from service.jobs.params import RetrainCreate
 from service.jobs.retrain import check_request
 from service.jobs.worker import Worker
 from service.settings import Settings
@@ -25,7 +25,7 @@ from service.store.db import create_db_engine, init_db, make_session_factory
 from service.store.tables import Job
 from tests.service.jobs_support import TRAIN_OPTIONS, base_dataset, pid_alive, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -17,15 +17,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.api.schemas.jobs import RetrainCreate
 from service.core.taxonomy import TaxonTree, read_taxonomy_csv
 from service.exports.writers import export, write_training_manifest
+from service.jobs.params import RetrainCreate, RetrainParams
 from service.jobs.retrain import observation_taxonomy, prepare
 from service.observations.taxa import import_taxonomy_csv, rebuild_paths
 from service.store.tables import Observation, Taxon
 from tests.service.jobs_support import base_dataset, jpeg
 from tests.service.observation_support import BLUE, GREEN, RED, Env, env  # noqa: F401
-from tests.service.test_taxa_ranks import MIXED
+from tests.service.observations.test_taxa_ranks import MIXED
 from training.worker_entry import build_dataset
 
 
@@ -122,9 +122,9 @@ def test_the_retrain_child_reads_the_labels_with_their_ranks(env: Env, tmp_path:
     base = base_dataset(tmp_path / "base", n_train=4, n_valid=2)
     params = RetrainCreate(base_dataset=str(base)).model_dump(mode="json")
     params.update(name="tiny", base_dataset=str(base), min_new_class_photos=1, gate_holdout=0.25)
-    spec = prepare(7, params, factory=env.app.state.sessionmaker, settings=env.settings,
-                   work_dir=tmp_path / "work")
-    with open(spec["observations_taxonomy"], encoding="utf-8") as fh:
+    spec = prepare(7, RetrainParams.model_validate(params), factory=env.app.state.sessionmaker,
+                   settings=env.settings, work_dir=tmp_path / "work")
+    with open(spec.observations_taxonomy or "", encoding="utf-8") as fh:
         assert next(csv.reader(fh))[:4] == ["label", "scientific_name", "common_name", "rank"]
     data = build_dataset(spec)
     report = data["report"]
