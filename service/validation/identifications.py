@@ -1,24 +1,27 @@
-"""Identifications, the consensus they lead to, and the specialists' validation queue.
+"""Identifications of an observation, and the consensus they lead to.
 
 Adding or withdrawing an identification locks the observation row (``SELECT … FOR UPDATE`` on PostgreSQL;
 SQLite's ``BEGIN IMMEDIATE`` transaction is already exclusive), then recomputes the consensus from every
 current identification in the same transaction, so concurrent identifications never lose an update.
+The specialists' queue of observations to identify is :mod:`service.validation.queue`; the consensus rule
+itself, pure, is :mod:`service.validation.consensus`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.accounts import Role
+from service.core.clock import as_utc
 from service.core.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from service.observations.store import as_utc, get_observation_for
-from service.observations.taxa import lineages, resolve_taxon, subtree_condition
+from service.observations.public import taxa_by_id, taxon_dict, user_names
+from service.observations.store import get_observation_for
+from service.observations.taxa import lineages, resolve_taxon
 from service.settings import Settings
 from service.store.tables import Identification, Observation, Taxon, User, utcnow
 from service.validation.consensus import Consensus, Kind, Status, Vote, community_taxon
@@ -201,8 +204,6 @@ def list_identifications(session: Session, user: User, observation_id: int) -> l
 
 
 def identification_public(session: Session, rows: list[Identification]) -> list[dict[str, Any]]:
-    from service.observations.store import taxa_by_id, taxon_dict, user_names
-
     taxa = taxa_by_id(session, {r.taxon_id for r in rows if r.taxon_id is not None})
     names = user_names(session, {r.user_id for r in rows})
     return [
@@ -226,8 +227,6 @@ def identification_public(session: Session, rows: list[Identification]) -> list[
 
 
 def consensus_public(session: Session, obs: Observation) -> dict[str, Any]:
-    from service.observations.store import taxon_dict
-
     taxon = session.get(Taxon, obs.community_taxon_id) if obs.community_taxon_id else None
     return {
         "status": obs.status,
@@ -236,94 +235,3 @@ def consensus_public(session: Session, obs: Observation) -> dict[str, Any]:
         "agreement_weight": obs.agreement_weight,
         "identification_count": obs.identification_count,
     }
-
-
-# -- the validation queue ------------------------------------------------------------------------------
-
-
-def queue_conditions(user: User, now: datetime, taxon: Taxon | None) -> list[ColumnElement[bool]]:
-    already = exists().where(
-        Identification.observation_id == Observation.id, Identification.user_id == user.id
-    )
-    cond: list[ColumnElement[bool]] = [
-        Observation.status == "needs_id",
-        Observation.observer_id != user.id,
-        ~already,
-        or_(
-            Observation.lease_user_id.is_(None),
-            Observation.lease_user_id == user.id,
-            Observation.lease_expires_at.is_(None),
-            Observation.lease_expires_at < now,
-        ),
-    ]
-    if taxon is not None:
-        cond.append(subtree_condition(Observation.taxon_id, taxon))
-    return cond
-
-
-def claim_queue(
-    session: Session, settings: Settings, user: User, *, limit: int = 10, taxon: int | str | None = None
-) -> tuple[list[Observation], datetime]:
-    """Lease the ``limit`` most uncertain ``needs_id`` observations to ``user``. The caller commits.
-
-    One expert holds at most ``settings.queue_max_leases_per_expert`` leases at a time (the rest of the
-    queue stays available to the others); past it, only the items already leased to them come back.
-
-    Order: lowest calibrated top-1 score first (no prediction counts as 0), then the smallest margin
-    between the first two scores, then the oldest. An expert never gets their own observations or ones
-    they already identified, nor one leased to another expert whose lease has not expired. Items already
-    leased to ``user`` come back (with a renewed lease). On PostgreSQL the rows are claimed with
-    ``FOR UPDATE SKIP LOCKED``, so two experts asking at the same moment get different items.
-    """
-    if limit < 1 or limit > 100:
-        raise InvalidRequest("limit must be between 1 and 100")
-    taxon_row = resolve_taxon(session, taxon) if taxon not in (None, "") else None
-    now = utcnow()
-    expires = now + timedelta(seconds=settings.queue_lease_seconds)
-    stmt = (
-        select(Observation)
-        .where(*queue_conditions(user, now, taxon_row))
-        .order_by(
-            func.coalesce(Observation.top1_score, 0.0),
-            func.coalesce(Observation.top_margin, 0.0),
-            Observation.created_at,
-            Observation.id,
-        )
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True, of=Observation)
-    # At most queue_max_leases_per_expert items leased to one expert at a time (still in their queue: an
-    # item they identified no longer counts); past it, a claim only renews what they already hold.
-    held = set(session.scalars(select(Observation.id).where(
-        *queue_conditions(user, now, None), Observation.lease_user_id == user.id,
-        Observation.lease_expires_at > now)))
-    room = max(0, settings.queue_max_leases_per_expert - len(held))
-    rows = []
-    for obs in session.scalars(stmt):
-        if obs.id not in held:
-            if room <= 0:
-                continue
-            room -= 1
-        rows.append(obs)
-    for obs in rows:
-        obs.lease_user_id, obs.lease_expires_at = user.id, expires
-    session.flush()
-    return rows, expires
-
-
-def release_lease(session: Session, user: User, observation_id: int) -> None:
-    """Give a leased item back to the queue."""
-    obs = session.get(Observation, observation_id, with_for_update=True)
-    if obs is None:
-        raise NotFound(f"observation {observation_id} not found")
-    if obs.lease_user_id != user.id and user.role != Role.admin:
-        raise Conflict("this observation is not leased to you")
-    obs.lease_user_id, obs.lease_expires_at = None, None
-    session.flush()
-
-
-def lease_active(obs: Observation, now: datetime | None = None) -> bool:
-    now = now or utcnow()
-    exp = as_utc(obs.lease_expires_at)
-    return obs.lease_user_id is not None and exp is not None and exp > now

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from PIL.ExifTags import GPS, IFD, Base
 
 from service import accounts as auth
 from service.api.app import create_app
@@ -106,10 +107,10 @@ def jpeg_with_exif(
     img = Image.open(io.BytesIO(photo_bytes(color)))
     exif = Image.Exif()
     if when:
-        exif_ifd = exif.get_ifd(0x8769)
-        exif_ifd[36867] = when
+        exif_ifd = exif.get_ifd(IFD.Exif)
+        exif_ifd[Base.DateTimeOriginal] = when
         if offset:
-            exif_ifd[36881] = offset
+            exif_ifd[Base.OffsetTimeOriginal] = offset
     if gps:
         lat, lon = gps
 
@@ -120,13 +121,13 @@ def jpeg_with_exif(
             s = round(((v - d) * 60 - m) * 60, 4)
             return (float(d), float(m), s)
 
-        g = exif.get_ifd(0x8825)
-        g[1] = "N" if lat >= 0 else "S"
-        g[2] = dms(lat)
-        g[3] = "E" if lon >= 0 else "W"
-        g[4] = dms(lon)
+        g = exif.get_ifd(IFD.GPSInfo)
+        g[GPS.GPSLatitudeRef] = "N" if lat >= 0 else "S"
+        g[GPS.GPSLatitude] = dms(lat)
+        g[GPS.GPSLongitudeRef] = "E" if lon >= 0 else "W"
+        g[GPS.GPSLongitude] = dms(lon)
         if error_m is not None:
-            g[31] = error_m
+            g[GPS.GPSHPositioningError] = error_m
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif)
     return buf.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile, status
@@ -21,10 +22,16 @@ from service.api.schemas.observations import (
     ObservationUpdate,
     iso_8601,
 )
-from service.core.errors import ModelUnavailable, PayloadTooLarge
 from service.core.imaging import check_upload_head
-from service.observations import store as obs_domain
-from service.observations.store import ObservationFilters, ObservationInput, PredictionFields, UploadedPhoto
+from service.core.preprocess import decode_min_side
+from service.inference.classifier import Classifier
+from service.inference.identify import PreparedPhoto, identify_prepared, prepare_decoded
+from service.observations import photos as obs_photos
+from service.observations import queries, store
+from service.observations.metadata import ObservationInput
+from service.observations.prediction import PredictionFields, prediction_from_response
+from service.observations.public import to_public
+from service.observations.queries import ObservationFilters
 from service.store.tables import Observation
 
 logger = logging.getLogger(__name__)
@@ -34,23 +41,29 @@ router = APIRouter(
 )
 
 
-async def predict(request: Request, photos: list[UploadedPhoto]) -> PredictionFields | None:
-    """The active model's answer for the photos, or None when no model is loaded (the upload goes on)."""
-    state = request.app.state
-    if getattr(state, "registry", None) is None:
-        return None
-    from service.inference.identify import identify
+def active_model(request: Request) -> Classifier | None:
+    """The model loaded now (None without one); a new observation's photos are prepared for it."""
+    registry = getattr(request.app.state, "registry", None)
+    return registry.current if registry is not None else None
 
-    try:
-        response = await identify(
-            state, [p.data for p in photos], top_k=state.settings.default_top_k, taxon=None
-        )
-    except ModelUnavailable:
+
+async def predict(
+    request: Request, clf: Classifier | None, photos: list[obs_photos.UploadedPhoto]
+) -> PredictionFields | None:
+    """``clf``'s answer for the photos, run on the inputs prepared when they were decoded.
+
+    None when there is no model or a photo could not be prepared: the upload goes on without a prediction.
+    """
+    prepared: list[PreparedPhoto] = [p.prepared for p in photos]
+    if clf is None or any(p is None for p in prepared):
         return None
+    state = request.app.state
+    try:
+        response = await identify_prepared(state, clf, prepared, top_k=state.settings.default_top_k)
     except Exception:  # a prediction problem must never lose a volunteer's observation
         logger.warning("no prediction stored for a new observation", exc_info=True)
         return None
-    return obs_domain.prediction_from_response(response)
+    return prediction_from_response(response)
 
 
 @router.post(
@@ -85,25 +98,34 @@ async def create_observation(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:
     """Record an observation: 1–5 photos, when, where, the visited flower; the model's prediction is kept."""
-    key = obs_domain.check_idempotency_key(idempotency_key)
-    if len(photos) > settings.max_images:
-        raise obs_domain.TooManyPhotos(
-            f"{len(photos)} photos sent; an observation has at most {settings.max_images}",
-            detail={"max_images": settings.max_images, "received": len(photos)},
-        )
-    for i, upload in enumerate(photos):
-        if upload.size is not None and upload.size > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"photo {i + 1} is {upload.size} bytes; the limit is "
-                f"{settings.max_upload_bytes} bytes per photo"
-            )
+    key = store.check_idempotency_key(idempotency_key)
+    # The request's limits, checked once, before any photo is read.
+    obs_photos.check_uploads([upload.size for upload in photos], settings)
     for i, upload in enumerate(photos):  # junk is refused from its first bytes, before it is read
         await check_upload_head(upload, i + 1)
     blobs: list[bytes] = [await upload.read() for upload in photos]
-    # Decode in the bounded decode pool (as /identify does), not in the 40-thread default pool: at most
-    # decode_threads photos are being decoded at once, which bounds memory under a flood of big photos.
+    factory = request.app.state.sessionmaker
+
+    def already_recorded() -> bool:
+        with factory() as s:
+            return key is not None and store.find_by_idempotency_key(s, user.id, key) is not None
+
+    # A retry is answered from the database without running the model again.
+    replay = key is not None and await run_in_threadpool(already_recorded)
+    # Each photo is decoded once, for its metadata and for the model's input (the prediction below runs
+    # on those inputs). In the bounded decode pool (as /identify does), not in the 40-thread default
+    # pool: at most decode_threads photos are being decoded at once, which bounds memory under a flood.
+    clf = None if replay else active_model(request)  # this request's model, whatever happens meanwhile
+    spec = clf.card.input if clf is not None else None
     decoded = await asyncio.get_running_loop().run_in_executor(
-        getattr(request.app.state, "decode_pool", None), obs_domain.decode_uploads, blobs, settings
+        getattr(request.app.state, "decode_pool", None),
+        partial(
+            obs_photos.decode_uploads,
+            blobs,
+            settings,
+            min_side=decode_min_side(spec) if spec is not None else obs_photos.METADATA_MIN_SIDE,
+            prepare=partial(prepare_decoded, spec) if spec is not None else None,
+        ),
     )
     meta = ObservationInput(
         observed_at=observed_at,
@@ -116,17 +138,9 @@ async def create_observation(
         licence=licence,
         notes=notes,
     )
-    factory = request.app.state.sessionmaker
-
-    def already_recorded() -> bool:
-        with factory() as s:
-            return key is not None and obs_domain.find_by_idempotency_key(s, user.id, key) is not None
-
-    # A retry is answered from the database without running the model again.
-    replay = key is not None and await run_in_threadpool(already_recorded)
-    prediction = None if replay else await predict(request, decoded)
+    prediction = None if replay else await predict(request, clf, decoded)
     created = await run_in_threadpool(
-        lambda: obs_domain.create_observation(
+        lambda: store.create_observation(
             factory=factory,
             settings=settings,
             observer=user,
@@ -142,7 +156,7 @@ async def create_observation(
     def render() -> Any:
         with factory() as s:
             obs = s.get(Observation, created.observation.id)
-            return obs_domain.to_public(s, [obs])[0]
+            return to_public(s, [obs])[0]
 
     return await run_in_threadpool(render)
 
@@ -179,15 +193,15 @@ def list_observations(
         offset=offset,
         cursor=cursor,
     )
-    rows, count, next_cursor = obs_domain.list_observations(session, user, f)
-    return {"data": obs_domain.to_public(session, rows), "count": count, "next_cursor": next_cursor}
+    rows, count, next_cursor = queries.list_observations(session, user, f)
+    return {"data": to_public(session, rows), "count": count, "next_cursor": next_cursor}
 
 
 @router.get("/{observation_id}", response_model=ObservationPublic)
 def read_observation(observation_id: int, user: CurrentUser, session: SessionDep) -> Any:
     """One observation with its photos, prediction and consensus."""
-    obs = obs_domain.get_observation_for(session, user, observation_id)
-    return obs_domain.to_public(session, [obs])[0]
+    obs = store.get_observation_for(session, user, observation_id)
+    return to_public(session, [obs])[0]
 
 
 @router.patch("/{observation_id}", response_model=ObservationPublic)
@@ -195,7 +209,7 @@ def update_observation(
     observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep
 ) -> Any:
     """Edit an observation's metadata (its observer or an admin)."""
-    obs = obs_domain.get_observation_for(session, user, observation_id, for_update=True)
-    obs_domain.update_observation(session, user, obs, body.model_dump(exclude_unset=True))
+    obs = store.get_observation_for(session, user, observation_id, for_update=True)
+    store.update_observation(session, user, obs, body.model_dump(exclude_unset=True))
     session.commit()
-    return obs_domain.to_public(session, [obs])[0]
+    return to_public(session, [obs])[0]

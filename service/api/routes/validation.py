@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, status
 from service.accounts import Role
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.api.schemas.observations import QueuePublic
-from service.observations.store import to_public
-from service.validation import identifications as validation
+from service.observations.public import to_public
+from service.validation import queue
 
 router = APIRouter(
     prefix="/validation", tags=["validation"], dependencies=[Depends(require_role(Role.expert, Role.admin))]
@@ -26,7 +26,7 @@ def read_queue(
     taxon: Annotated[str | None, Query(max_length=255, description="only this taxon group")] = None,
 ) -> Any:
     """Lease the most uncertain observations that need an identification (lowest top-1 score first)."""
-    rows, expires = validation.claim_queue(session, settings, user, limit=limit, taxon=taxon)
+    rows, expires = queue.claim_queue(session, settings, user, limit=limit, taxon=taxon)
     session.commit()
     public = to_public(session, rows)
     return {"data": [{"observation": o, "lease_expires_at": expires} for o in public], "count": len(public)}
@@ -35,5 +35,5 @@ def read_queue(
 @router.delete("/queue/{observation_id}/lease", status_code=status.HTTP_204_NO_CONTENT)
 def release_lease(observation_id: int, user: CurrentUser, session: SessionDep) -> None:
     """Give a leased observation back to the queue."""
-    validation.release_lease(session, user, observation_id)
+    queue.release_lease(session, user, observation_id)
     session.commit()

@@ -1,4 +1,4 @@
-"""Observations: upload with prediction, EXIF fallback, idempotency, listing filters, edits, visibility."""
+"""Observations stored: upload with prediction, idempotency, edits, visibility (service.observations.store)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from service.settings import Settings
 from service.store.tables import Observation, Photo
 from tests.helpers import photo_bytes
-from tests.service.observation_support import BLUE, GREEN, RED, Env, env, jpeg_with_exif, make_env  # noqa: F401
+from tests.service.observation_support import BLUE, RED, Env, env, make_env  # noqa: F401
 
 
 def count_rows(env: Env, table) -> int:  # noqa: F811
@@ -52,27 +52,6 @@ def test_create_stores_photos_metadata_and_prediction(env: Env) -> None:  # noqa
     again = env.post_obs(photos=[photo_bytes(RED)])
     assert again.status_code == 201
     assert len(media_files(env)) == 2 and count_rows(env, Photo) == 3
-
-
-def test_exif_date_and_gps_fill_missing_fields(env: Env) -> None:  # noqa: F811
-    photo = jpeg_with_exif(
-        GREEN, when="2023:07:14 09:30:00", offset="+02:00", gps=(-33.5, -70.25), error_m=12
-    )
-    r = env.post_obs(photos=[photo], observed_at=None, latitude=None, longitude=None)
-    assert r.status_code == 201, r.text
-    b = r.json()
-    assert b["observed_at"] == "2023-07-14T07:30:00Z" and b["observed_at_source"] == "exif"
-    assert b["latitude"] == pytest.approx(-33.5, abs=1e-4) and b["longitude"] == pytest.approx(
-        -70.25, abs=1e-4
-    )
-    assert b["coordinate_precision_m"] == 12 and b["location_source"] == "exif"
-    assert b["prediction"]["taxon"]["scientific_name"] == "Callophrys rubi"
-    # Fields sent win over EXIF.
-    r = env.post_obs(photos=[photo], latitude=10, longitude=20)
-    assert (r.json()["latitude"], r.json()["location_source"]) == (10, "user")
-    # No date anywhere: a clear 422.
-    r = env.post_obs(photos=[photo_bytes()], observed_at=None)
-    assert r.status_code == 422 and "observed_at" in r.json()["error"]["message"]
 
 
 def test_idempotency_key_replays_the_first_result(env: Env) -> None:  # noqa: F811
@@ -199,67 +178,6 @@ def test_patch_edits_and_validates(env: Env) -> None:  # noqa: F811
         r = env.client.patch(url, headers=env.h("vol"), json=bad)
         assert r.status_code == 422, (bad, r.text)
     assert env.client.get(url, headers=env.h("vol")).json()["latitude"] == -12.5
-
-
-def test_list_filters_and_pages(env: Env) -> None:  # noqa: F811
-    red = env.post_obs(observed_at="2024-06-01T10:00:00Z", latitude=45, longitude=5, session_id="A").json()
-    green = env.post_obs(
-        photos=[photo_bytes(GREEN)],
-        observed_at="2024-07-01T10:00:00Z",
-        latitude=-10,
-        longitude=170,
-        session_id="A",
-    ).json()
-    blue = env.post_obs(
-        "vol2",
-        photos=[photo_bytes(BLUE)],
-        observed_at="2024-08-01T10:00:00Z",
-        latitude=60,
-        longitude=-175,
-        session_id="B",
-    ).json()
-
-    def ids(**params) -> list[int]:
-        r = env.client.get("/api/v1/observations", headers=env.h("exp"), params=params)
-        assert r.status_code == 200, r.text
-        assert r.json()["count"] == len(r.json()["data"]) or "limit" in params
-        return sorted(o["id"] for o in r.json()["data"])
-
-    assert ids() == sorted([red["id"], green["id"], blue["id"]])
-    assert ids(taxon="Lycaenidae") == sorted([green["id"], blue["id"]])  # family: descendants included
-    assert ids(taxon="Vanessa") == [red["id"]]
-    assert ids(taxon=str(red["taxon"]["id"])) == [red["id"]]
-    assert ids(observer=env.ids["vol2"]) == [blue["id"]]
-    assert ids(session_id="A") == sorted([red["id"], green["id"]])
-    assert ids(observed_from="2024-06-15T00:00:00Z") == sorted([green["id"], blue["id"]])
-    assert ids(observed_from="2024-06-15T00:00:00Z", observed_to="2024-07-15T00:00:00Z") == [green["id"]]
-    assert ids(bbox="0,40,10,50") == [red["id"]]
-    assert ids(bbox="160,-90,-170,90") == sorted([green["id"], blue["id"]])  # across the antimeridian
-    assert ids(status="needs_id") == sorted([red["id"], green["id"], blue["id"]])
-    assert ids(status="validated") == []
-    # Pages: offset and cursor.
-    page = env.client.get("/api/v1/observations", headers=env.h("exp"), params={"limit": 2}).json()
-    assert page["count"] == 3 and len(page["data"]) == 2 and page["next_cursor"]
-    rest = env.client.get(
-        "/api/v1/observations", headers=env.h("exp"), params={"limit": 2, "cursor": page["next_cursor"]}
-    ).json()
-    assert [o["id"] for o in page["data"] + rest["data"]] == [blue["id"], green["id"], red["id"]]
-    off = env.client.get(
-        "/api/v1/observations", headers=env.h("exp"), params={"limit": 2, "offset": 2}
-    ).json()
-    assert [o["id"] for o in off["data"]] == [red["id"]]
-    for bad in (
-        {"taxon": "Unknownia"},
-        {"bbox": "1,2,3"},
-        {"bbox": "0,95,10,99"},
-        {"status": "done"},
-        {"cursor": "!!"},
-        {"limit": 0},
-        {"observed_from": "nope"},
-        {"taxon": "' OR 1=1 --"},
-    ):
-        r = env.client.get("/api/v1/observations", headers=env.h("exp"), params=bad)
-        assert r.status_code == 422, (bad, r.status_code)
 
 
 def test_without_a_model_the_observation_is_stored_without_prediction(tmp_path, sqlite_url) -> None:

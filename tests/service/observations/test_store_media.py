@@ -11,7 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
 from service.api.app import create_app
-from service.observations.store import ObservationInput, create_observation, decode_uploads
+from service.observations.metadata import ObservationInput
+from service.observations.photos import decode_uploads
+from service.observations.store import create_observation
 from service.store.storage import media_file
 from service.store.tables import Observation, Photo, User
 from tests.helpers import photo_bytes

@@ -61,7 +61,8 @@ def test_sync_is_idempotent_and_updates(env: Env) -> None:  # noqa: F811
         s.commit()
         assert sorted(s.scalars(select(Taxon.id)).all()) == sorted(before)
         card = tiny_card(labels=["red_admiral"])
-        card.taxonomy["red_admiral"].common_name = "Admiral"
+        # A copy: the helpers' taxonomy is shared by every test (changing it in place leaked "Admiral").
+        card.taxonomy["red_admiral"] = card.taxonomy["red_admiral"].model_copy(update={"common_name": "Admiral"})
         sync_taxa_from_card(s, card)
         s.commit()
         t = s.scalar(select(Taxon).where(Taxon.scientific_name == "Vanessa atalanta"))
