@@ -30,7 +30,8 @@ from training import backbones
 from training.data import PhotoDataset, collate_skip_none, load_data
 from training.engine import select_device, train_one_epoch
 from training.features import CachedLoader, cache_features
-from training.pipeline import TrainConfig, _Suffix, input_spec_for, train
+from training.backbones import Suffix
+from training.pipeline import TrainConfig, input_spec_for, train
 from training.transforms import EvalTransform, TrainTransform, worker_init_fn
 
 
@@ -118,7 +119,7 @@ def main() -> int:
         def cached_epoch_rate(split: int, features: Any) -> float:
             """Images/s of one training epoch of the trainable part after ``split`` on cached inputs."""
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-            stats = train_one_epoch(_Suffix(model, split).to(device), CachedLoader(features, 128, shuffle=True),
+            stats = train_one_epoch(Suffix(model, split).to(device), CachedLoader(features, 128, shuffle=True),
                                     torch.nn.CrossEntropyLoss(), optimizer, device=device)
             return float(stats["images_per_second"])
 
