@@ -56,11 +56,11 @@ def create_baseline_app() -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/identify")
-    def identify(images: list[UploadFile] = File(...)) -> dict[str, Any]:
+    def identify(photos: list[UploadFile] = File(...)) -> dict[str, Any]:
         """Full decode, torchvision transforms, eager PyTorch; one request at a time."""
         with lock:
             out = []
-            for upload in images:
+            for upload in photos:
                 t0 = time.perf_counter()
                 img = Image.open(io.BytesIO(upload.file.read())).convert("RGB")
                 x = transform(img).unsqueeze(0)

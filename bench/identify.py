@@ -133,7 +133,7 @@ def make_photo(source: Path, size: tuple[int, int], seed: int = 0) -> bytes:
 
 
 def multipart(data: bytes, filename: str = "photo.jpg") -> bytes:
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{filename}\"\r\n"
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{filename}\"\r\n"
             "Content-Type: image/jpeg\r\n\r\n").encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 

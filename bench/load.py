@@ -61,7 +61,7 @@ async def client_loop(i: int, service: LiveService, key: str, args: argparse.Nam
                 if rng.random() < args.identify_share:
                     kind = "identify"
                     r = await client.post("/api/v1/identify",
-                                          files=[("images", ("a.jpg", distinct_photo(seed), "image/jpeg"))])
+                                          files=[("photos", ("a.jpg", distinct_photo(seed), "image/jpeg"))])
                 else:
                     kind = "observe"
                     photos = [distinct_photo(seed * 4 + k) for k in range(rng.randint(1, 3))]

@@ -121,7 +121,7 @@ class Service:
 
 
 def identify(client: httpx.Client, path: Path) -> dict[str, Any]:
-    r = client.post("/api/v1/identify", files={"images": (path.name, path.read_bytes(), "image/jpeg")})
+    r = client.post("/api/v1/identify", files={"photos": (path.name, path.read_bytes(), "image/jpeg")})
     r.raise_for_status()
     return r.json()
 

@@ -15,7 +15,7 @@ local junk = string.rep(block, part_mib * 256)               -- part_mib MiB
 
 local pieces = {}
 for i = 1, parts do
-  pieces[#pieces + 1] = "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"images\"; filename=\"j"
+  pieces[#pieces + 1] = "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"j"
       .. i .. ".jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
   pieces[#pieces + 1] = junk
   pieces[#pieces + 1] = "\r\n"

@@ -66,7 +66,7 @@ def junk_body(boundary: str, parts: int, size: int) -> bytes:
     rnd = os.urandom(size)
     chunks = []
     for i in range(parts):
-        chunks.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"j{i}.jpg\"\r\n"
+        chunks.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"j{i}.jpg\"\r\n"
                       "Content-Type: image/jpeg\r\n\r\n".encode() + rnd + b"\r\n")
     return b"".join(chunks) + f"--{boundary}--\r\n".encode()
 

@@ -81,7 +81,7 @@ async function identify() {
   try {
     state.prepared = await preparePhotos(state.files);
     const form = new FormData();
-    for (const file of state.prepared.files) form.append("images", file, file.name);
+    for (const file of state.prepared.files) form.append("photos", file, file.name);
     state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
     renderResults(state.result);
     fillFromExif(state.prepared.exif);

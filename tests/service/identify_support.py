@@ -17,9 +17,10 @@ GREEN = (30, 200, 40)
 BLUE = (30, 40, 220)
 
 
-def files(*blobs: bytes, name: str = "photo.jpg", mime: str = "image/jpeg") -> list[tuple[str, Any]]:
-    """Multipart ``images`` fields for the test client."""
-    return [("images", (f"{i}-{name}", blob, mime)) for i, blob in enumerate(blobs)]
+def files(*blobs: bytes, name: str = "photo.jpg", mime: str = "image/jpeg",
+          field: str = "photos") -> list[tuple[str, Any]]:
+    """Multipart ``photos`` fields for the test client (``field="images"``: the deprecated name)."""
+    return [(field, (f"{i}-{name}", blob, mime)) for i, blob in enumerate(blobs)]
 
 
 def red_jpeg() -> bytes:

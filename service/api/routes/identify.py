@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from service import accounts as auth
-from service.core.errors import PayloadTooLarge, error_body
+from service.core.errors import InvalidRequest, PayloadTooLarge, error_body
 from service.core.imaging import check_upload_head
 from service.inference.identify import identify
 from service.inference.results import IdentifyResponse
@@ -46,30 +46,49 @@ _ERRORS = {
 }
 
 
+PHOTOS_FIELD = "photos"
+OLD_PHOTOS_FIELD = "images"  # the name until this release; accepted for one more release
+
+
 @router.post("/identify", response_model=IdentifyResponse, responses=_ERRORS)  # type: ignore[arg-type]
 async def identify_photos(
     request: Request,
-    images: Annotated[list[UploadFile], File(description="1–5 photos of the same individual (JPEG, PNG, "
-                                                         "WebP, HEIC)")],
+    photos: Annotated[list[UploadFile] | None, File(description="1–5 photos of the same individual (JPEG, "
+                                                                "PNG, WebP, HEIC)")] = None,
+    images: Annotated[list[UploadFile] | None, File(
+        deprecated=True, description="Deprecated: the old name of the field 'photos', accepted until the "
+                                     "next release, which removes it. Send 'photos' instead.")] = None,
     top_k: Annotated[int | None, Query(ge=1, description="how many taxa to list (default 5)")] = None,
     taxon: Annotated[str | None, Query(max_length=200, description="restrict answers to this taxon's "
                                        "subtree: a scientific name, model label or common name")] = None,
 ) -> IdentifyResponse:
-    """Identify the insect in 1–5 photos: top-k taxa per photo and fused, with a taxonomic roll-up."""
+    """Identify the insect in 1–5 photos: top-k taxa per photo and fused, with a taxonomic roll-up.
+
+    The photos go in the multipart field ``photos`` (as for ``POST /observations``); the old name
+    ``images`` is still accepted in this release and removed in the next.
+    """
+    if photos and images:
+        raise InvalidRequest(f"send the photos in one multipart field, '{PHOTOS_FIELD}' "
+                             f"('{OLD_PHOTOS_FIELD}' is its deprecated name), not in both")
+    uploads = photos or images
+    if not uploads:
+        raise InvalidRequest(f"send 1–5 photos in the multipart field '{PHOTOS_FIELD}' "
+                             f"('{OLD_PHOTOS_FIELD}', its deprecated name, works until the next release)",
+                             detail={"field": PHOTOS_FIELD})
     settings = request.app.state.settings
-    kept = images[: settings.max_images]
+    kept = uploads[: settings.max_images]
     for i, upload in enumerate(kept):
         if upload.size is not None and upload.size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"photo {i + 1} is {upload.size} bytes; the limit is "
                                   f"{settings.max_upload_bytes} bytes per photo",
                                   detail={"photo": i + 1, "limit_bytes": settings.max_upload_bytes})
-    if len(images) <= settings.max_images and 1 <= (top_k or settings.default_top_k) <= settings.max_top_k:
+    if len(uploads) <= settings.max_images and 1 <= (top_k or settings.default_top_k) <= settings.max_top_k:
         # Refuse junk from its first bytes, before any file is read into memory (the checks above and
         # identify()'s own count/top_k checks keep their precedence).
         for i, upload in enumerate(kept):
             await check_upload_head(upload, i + 1)
     datas: list[bytes] = [await upload.read() for upload in kept]
-    if len(images) > len(datas):
-        datas.extend(b"" for _ in range(len(images) - len(datas)))  # counted, never read
+    if len(uploads) > len(datas):
+        datas.extend(b"" for _ in range(len(uploads) - len(datas)))  # counted, never read
     return await identify(request.app.state, datas, top_k=top_k or settings.default_top_k, taxon=taxon,
-                          filenames=[u.filename for u in images])
+                          filenames=[u.filename for u in uploads])

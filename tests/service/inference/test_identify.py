@@ -182,3 +182,25 @@ def test_openapi_documents_identify(client: TestClient) -> None:
     assert {"top_k", "taxon"} <= params
     assert "multipart/form-data" in op["requestBody"]["content"]
     assert {"413", "415", "422", "503"} <= set(op["responses"])
+
+
+def test_photos_is_the_field_and_images_still_works_for_one_release(client: TestClient) -> None:
+    new = client.post("/api/v1/identify", files=files(photo_bytes(RED)))
+    old = client.post("/api/v1/identify", files=files(photo_bytes(RED), field="images"))
+    assert new.status_code == 200 and old.status_code == 200, (new.text, old.text)
+    assert new.json()["results"] == old.json()["results"]
+    assert new.json()["results"][0]["taxon"]["label"] == "red_admiral"
+    both = client.post("/api/v1/identify", files=files(photo_bytes(RED)) + files(photo_bytes(BLUE), field="images"))
+    assert both.status_code == 422 and both.json()["error"]["code"] == "invalid_request"
+    assert "photos" in both.json()["error"]["message"]
+
+
+def test_openapi_marks_images_deprecated(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/v1/identify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]["properties"]
+    assert fields["images"]["deprecated"] is True
+    assert "next release" in fields["images"]["description"] and "photos" in fields["images"]["description"]
+    assert not fields["photos"].get("deprecated")
+    observations = spec["paths"]["/api/v1/observations"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "photos" in spec["components"]["schemas"][observations["schema"]["$ref"].rsplit("/", 1)[-1]]["properties"]
