@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from training import backbones
+from training.backbones import Suffix
 from training.data import PhotoDataset, collate_skip_none, load_data
 from training.engine import select_device, train_one_epoch
 from training.features import CachedLoader, cache_features
-from training.backbones import Suffix
 from training.pipeline import TrainConfig, input_spec_for, train
 from training.transforms import EvalTransform, TrainTransform, worker_init_fn
 
