@@ -2,7 +2,8 @@
 
 A key is shown once, when it is created. The database keeps only ``HMAC-SHA256(secret_key, key)``, so a
 stolen database does not reveal usable keys without the server secret; look-ups go by that digest and the
-final comparison is constant-time. Clients send ``Authorization: Bearer <key>``.
+final comparison is constant-time. Clients send ``Authorization: Bearer <key>``; reading it from a request
+is the HTTP layer's job (:mod:`service.api.auth`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any
 
-from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from service.core.errors import Conflict, InvalidRequest, NotFound
 from service.settings import Settings
 from service.store.tables import ApiKey, User, utcnow
 
@@ -151,78 +149,3 @@ def authenticate(*, session: Session, settings: Settings, key: str) -> User | No
     if row.revoked_at is not None or not row.user.active:
         return None
     return row.user
-
-
-# -- FastAPI dependencies (aliases live in service.api.deps) -------------------------------------------------
-
-
-def bearer_key(request: Request) -> str | None:
-    """The key from ``Authorization: Bearer <key>``; None when the header is absent.
-
-    Raises:
-        Unauthorized: a header that is not a bearer token.
-    """
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    return token
-
-
-def _user_from_request(request: Request, session: Session, *, required: bool) -> User | None:
-    cached = getattr(request.state, "user", None)
-    if cached is not None:
-        return cached
-    key = bearer_key(request)
-    if key is None:
-        if required:
-            raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-        return None
-    user = authenticate(session=session, settings=request.app.state.settings, key=key)
-    # End the look-up's transaction: on SQLite it holds the database lock (BEGIN IMMEDIATE), which must
-    # not last for the whole request. The user stays loaded (the sessions do not expire on commit).
-    session.commit()
-    if user is None:
-        raise Unauthorized("the API key is unknown or revoked")
-    request.state.user = user
-    return user
-
-
-def current_user(request: Request, session: Session) -> User:
-    user = _user_from_request(request, session, required=True)
-    assert user is not None
-    return user
-
-
-def optional_user(request: Request, session: Session) -> User | None:
-    """The user when a key is sent (a bad key is still an error), else None."""
-    return _user_from_request(request, session, required=False)
-
-
-def identify_user(request: Request, session: Session) -> User | None:
-    """For ``/identify``: a key is needed only when ``settings.identify_requires_key`` is set."""
-    required = bool(request.app.state.settings.identify_requires_key)
-    return _user_from_request(request, session, required=required)
-
-
-def role_checker(roles: Sequence[Role]) -> Callable[[User], User]:
-    """A function that passes users with one of ``roles`` and raises :class:`Forbidden` for others."""
-    allowed = tuple(Role(r) for r in roles)
-
-    def check(user: User) -> User:
-        if user.role not in allowed:
-            raise Forbidden(
-                f"this needs the role {' or '.join(r.value for r in allowed)}; your role is {user.role}"
-            )
-        return user
-
-    check.roles = allowed  # type: ignore[attr-defined]
-    return check
-
-
-def roles_of(dependency: Any) -> tuple[Role, ...] | None:
-    """The roles a ``require_role`` dependency admits (used by the route-walking test)."""
-    return getattr(dependency, "pollinid_roles", None)

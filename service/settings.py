@@ -141,12 +141,15 @@ class Settings(BaseSettings):
     retrain_data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # Hardening (see service/api/ratelimit.py, service/api/security.py and docs/hardening.md).
-    # Rate limits, per process (each uvicorn worker counts on its own): requests per window per client
-    # address and per API key. 0 turns one limit off; rate_limit_enabled=False turns both off (benches).
+    # Rate limits: requests per window per client address and per API key. 0 turns one limit off;
+    # rate_limit_enabled=False turns both off (benches). The counters live in rate_limit_storage, a URI of
+    # the ``limits`` library: memory:// (the default) is per process (each uvicorn worker counts on its own),
+    # redis://host:6379 is shared by every process.
     rate_limit_enabled: bool = True
     rate_limit_per_ip: int = Field(default=1200, ge=0)
     rate_limit_per_key: int = Field(default=600, ge=0)
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    rate_limit_storage: str = "memory://"
     # Addresses (IPs or CIDR networks, comma-separated) of the reverse proxies whose X-Forwarded-For and
     # X-Forwarded-Proto are believed. Empty (the default): forwarded headers are ignored, the client address
     # is the TCP peer's, so a client cannot give itself a fresh per-IP quota with a forged header.

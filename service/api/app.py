@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.core.errors import register_exception_handlers
+from service.api.errors import register_exception_handlers
 from service.settings import Settings, get_settings
 from service.store.db import create_db_engine, init_db, make_session_factory
 
@@ -83,16 +83,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     trust_forwarded_headers(app, settings)  # outermost of all: the client address every layer sees
 
-    from service.api.routes import health, identify, metrics
-
-    app.include_router(health.router, prefix="/api/v1")
-    app.include_router(identify.router, prefix="/api/v1")
-    app.include_router(metrics.router)
+    from service.api.errors import errors
     from service.api.routes import (
         admin,
         exports,
+        health,
         identifications,
+        identify,
+        jobs,
         media,
+        metrics,
+        models,
         observations,
         stats,
         taxa,
@@ -100,19 +101,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         validation,
     )
 
-    for module in (users, admin, observations, identifications, validation, taxa, media, stats, exports):
-        app.include_router(module.router, prefix="/api/v1")
-    from service.api.routes import jobs as job_routes
-    from service.api.routes import models as model_routes
-
-    app.include_router(job_routes.router, prefix="/api/v1")
-    app.include_router(model_routes.router, prefix="/api/v1")
+    app.include_router(health.router, prefix="/api/v1")  # never rate limited
+    app.include_router(metrics.router)
+    # Every other API route counts against the rate limits (service.api.ratelimit) and may answer 429.
+    limited = errors(429) if settings.rate_limit_enabled else None
+    for module in (identify, users, admin, observations, identifications, validation, taxa, media, stats,
+                   exports, jobs, models):
+        app.include_router(module.router, prefix="/api/v1", responses=limited)
 
     # Web pages last, so API routes always win.
     from service.api.routes.pages import mount_pages
 
     mount_pages(app, settings.frontend_dir)
-    from service.api.openapi_errors import document_errors
-
-    document_errors(app, rate_limited=settings.rate_limit_enabled)  # every error answer, one JSON model
     return app

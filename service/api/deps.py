@@ -1,4 +1,4 @@
-"""FastAPI dependencies: what routes receive (sessions, settings, classifier, current user)."""
+"""FastAPI dependencies: what routes receive (sessions, settings, model registry, current user)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service import accounts as auth
 from service.accounts import Role
-from service.core.errors import ModelUnavailable
-from service.inference.classifier import Classifier
+from service.api import auth
 from service.inference.registry import ModelRegistry
 from service.settings import Settings
 from service.store.tables import User
@@ -43,19 +41,10 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-def get_classifier(request: Request) -> Classifier:
-    """The classifier serving now; 503 ``model_unavailable`` when no model is loaded."""
-    clf: Classifier | None = request.app.state.registry.current
-    if clf is None:
-        raise ModelUnavailable("no model is loaded; the service cannot identify photos yet")
-    return clf
-
-
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 
 
-# -- users and roles (see service.accounts) -----------------------------------------------------------------
+# -- users and roles (see service.api.auth) -----------------------------------------------------------------
 
 
 def get_current_user(request: Request, session: SessionDep) -> User:
@@ -63,19 +52,7 @@ def get_current_user(request: Request, session: SessionDep) -> User:
     return auth.current_user(request, session)
 
 
-def get_optional_user(request: Request, session: SessionDep) -> User | None:
-    """The user when a key is sent, else None; a bad key is still a 401."""
-    return auth.optional_user(request, session)
-
-
-def get_identify_user(request: Request, session: SessionDep) -> User | None:
-    """For ``/identify``: a key is required only with ``settings.identify_requires_key``."""
-    return auth.identify_user(request, session)
-
-
 CurrentUser = Annotated[User, Depends(get_current_user)]
-OptionalUser = Annotated[User | None, Depends(get_optional_user)]
-IdentifyUser = Annotated[User | None, Depends(get_identify_user)]
 
 
 def require_role(*roles: Role) -> Callable[..., User]:
@@ -89,14 +66,4 @@ def require_role(*roles: Role) -> Callable[..., User]:
         return check(user)
 
     dependency.pollinid_roles = check.roles  # type: ignore[attr-defined]
-    return dependency
-
-
-def require_identify_access() -> Callable[..., User | None]:
-    """Router-level dependency for ``/identify``: public unless ``settings.identify_requires_key``."""
-
-    def dependency(user: IdentifyUser) -> User | None:
-        return user
-
-    dependency.pollinid_identify = True  # type: ignore[attr-defined]
     return dependency

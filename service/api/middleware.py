@@ -21,7 +21,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import error_body
+from service.api.errors import error_body
 
 logger = logging.getLogger(__name__)
 

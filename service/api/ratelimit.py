@@ -17,12 +17,14 @@ Each answer carries the fields of draft-ietf-httpapi-ratelimit-headers (as Pl@nt
 window of this client restarts. Past a quota the answer is ``429`` with ``Retry-After`` and the usual
 JSON error (code ``rate_limited``).
 
-**Counters are kept per process** (fixed windows in memory, bounded in size), not in the database: the
-hot path (anonymous ``/identify``) touches no database, and a counter row written on every request would
-put a write transaction (on SQLite: the single database write lock) in front of every request, making the
-limiter the bottleneck it is meant to prevent. With ``W`` uvicorn workers or replicas a client may get up
-to ``W`` times the quota in the worst case (connections are spread over workers by the kernel); set the
-quotas per process accordingly, or limit at the reverse proxy for one global figure.
+The counting is done by the ``limits`` library (fixed windows that start at an identity's first request)
+in the storage named by ``settings.rate_limit_storage``: ``memory://`` (the default) keeps the counters in
+the process, bounded in size (:class:`BoundedMemoryStorage`), so that the hot path (anonymous
+``/identify``) touches no database and no network; with ``W`` uvicorn workers or replicas a client may then
+get up to ``W`` times the quota (connections are spread over workers by the kernel). A shared storage such
+as ``redis://host:6379`` gives one count for every process. The counters are never kept in the service's
+database: a counter row written on every request would put a write transaction (on SQLite: the single
+database write lock) in front of every request, making the limiter the bottleneck it is meant to prevent.
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import error_body
+from service.api.errors import error_body
 
 logger = logging.getLogger(__name__)
 
 EXEMPT_PATHS = frozenset({"/api/v1/health", "/api/v1/ready"})
+MEMORY = "memory://"
 
 
 @dataclass(frozen=True)
@@ -57,48 +62,55 @@ class Decision:
     allowed: bool
 
 
-class FixedWindowCounter:
-    """Requests per identity in fixed windows that start at the identity's first request.
+class BoundedMemoryStorage(MemoryStorage):
+    """``limits``' in-process storage holding at most ``max_entries`` windows.
 
-    At most ``max_entries`` identities are tracked; past that, expired windows are dropped first, then
-    the oldest windows (a forgotten identity starts afresh, which errs on the side of serving).
+    Expired windows go first (``limits`` drops them as they expire), then the oldest: a forgotten identity
+    starts afresh, which errs on the side of serving. A flood of made-up identities cannot exhaust memory.
     """
 
-    def __init__(self, name: str, quota: int, window: int, *, max_entries: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        await self.get(key)  # drops the key's window if it has expired
+        if key not in self.expirations:
+            while len(self.expirations) >= self.max_entries:  # oldest window first (insertion order)
+                await self.clear(next(iter(self.expirations)))
+        return await super().incr(key, expiry, amount)
+
+    def __len__(self) -> int:
+        return len(self.expirations)
+
+
+def make_storage(uri: str = MEMORY, *, max_entries: int = 100_000) -> Storage:
+    """The counters' storage for ``uri``: ``memory://`` (bounded, this process) or any ``limits`` storage
+    URI (``redis://host:6379``, ...), used through its asyncio implementation."""
+    if uri == MEMORY:
+        return BoundedMemoryStorage(max_entries=max_entries)
+    storage = storage_from_string(uri if uri.startswith("async+") else f"async+{uri}")
+    assert isinstance(storage, Storage)
+    return storage
+
+
+class Quota:
+    """``quota`` requests per ``window`` seconds for each identity, counted in ``storage`` under ``name``."""
+
+    def __init__(self, name: str, quota: int, window: int, storage: Storage) -> None:
         self.name = name
         self.quota = int(quota)
         self.window = int(window)
-        self.max_entries = max_entries
-        self.clock = clock
-        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # ident -> (start, count)
+        self.item: RateLimitItem = RateLimitItemPerSecond(self.quota, self.window, namespace="pollinid")
+        self.limiter = FixedWindowRateLimiter(storage)
 
-    def hit(self, ident: str) -> Decision:
+    async def hit(self, ident: str) -> Decision:
         """Count one request of ``ident`` and say whether it is within the quota."""
-        now = self.clock()
-        start, count = self._windows.get(ident, (now, 0))
-        if now - start >= self.window:
-            start, count = now, 0
-            self._windows.pop(ident, None)
-        count += 1
-        if ident not in self._windows:
-            self._make_room(now)
-        self._windows[ident] = (start, count)
-        reset = max(1, math.ceil(start + self.window - now))
-        return Decision(policy=self.name, quota=self.quota, window=self.window,
-                        remaining=max(0, self.quota - count), reset=reset, allowed=count <= self.quota)
-
-    def _make_room(self, now: float) -> None:
-        if len(self._windows) < self.max_entries:
-            return
-        expired = [k for k, (start, _) in self._windows.items() if now - start >= self.window]
-        for k in expired:
-            del self._windows[k]
-        while len(self._windows) >= self.max_entries:
-            self._windows.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._windows)
+        allowed = await self.limiter.hit(self.item, self.name, ident)
+        reset_at, remaining = await self.limiter.get_window_stats(self.item, self.name, ident)
+        reset = max(1, math.ceil(reset_at - time.time()))
+        return Decision(policy=self.name, quota=self.quota, window=self.window, remaining=remaining,
+                        reset=reset, allowed=allowed)
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -128,13 +140,14 @@ class RateLimitMiddleware:
         per_ip: requests per window per client address (0: no address quota).
         per_key: requests per window per API key (0: no key quota).
         window: the window, seconds.
+        storage: where the counters are kept (see :func:`make_storage`).
     """
 
-    def __init__(self, app: ASGIApp, *, per_ip: int, per_key: int, window: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, app: ASGIApp, *, per_ip: int, per_key: int, window: int, storage: str = MEMORY) -> None:
         self.app = app
-        self.by_ip = FixedWindowCounter("ip", per_ip, window, clock=clock) if per_ip > 0 else None
-        self.by_key = FixedWindowCounter("key", per_key, window, clock=clock) if per_key > 0 else None
+        counters = make_storage(storage)
+        self.by_ip = Quota("ip", per_ip, window, counters) if per_ip > 0 else None
+        self.by_key = Quota("key", per_key, window, counters) if per_key > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -145,10 +158,10 @@ class RateLimitMiddleware:
         decisions: list[Decision] = []
         if self.by_ip is not None:
             client = scope.get("client")
-            decisions.append(self.by_ip.hit(client[0] if client else "unknown"))
+            decisions.append(await self.by_ip.hit(client[0] if client else "unknown"))
         key = _bearer(scope) if self.by_key is not None else None
         if key is not None and self.by_key is not None:
-            decisions.append(self.by_key.hit(hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()))
+            decisions.append(await self.by_key.hit(hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()))
         if not decisions:
             await self.app(scope, receive, send)
             return

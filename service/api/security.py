@@ -126,7 +126,8 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_seconds)
     if settings.rate_limit_enabled and (settings.rate_limit_per_ip > 0 or settings.rate_limit_per_key > 0):
         app.add_middleware(RateLimitMiddleware, per_ip=settings.rate_limit_per_ip,
-                           per_key=settings.rate_limit_per_key, window=settings.rate_limit_window_seconds)
+                           per_key=settings.rate_limit_per_key, window=settings.rate_limit_window_seconds,
+                           storage=settings.rate_limit_storage)
     app.add_middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds)
     if settings.cors_origins:
         app.add_middleware(

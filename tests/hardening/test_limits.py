@@ -3,6 +3,7 @@ RateLimit fields, CORS and security headers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from service.api.app import create_app
-from service.api.ratelimit import FixedWindowCounter
+from service.api.ratelimit import BoundedMemoryStorage, Quota, make_storage
 from service.settings import Settings
 from service.store.tables import Observation
 from tests.hardening.support import LiveService, create_users
@@ -133,20 +134,34 @@ def test_rate_limit_per_ip_for_anonymous_identify(limited: Env) -> None:
 
 
 def test_rate_limit_window_restarts() -> None:
-    now = [0.0]
-    counter = FixedWindowCounter("ip", 2, 10, clock=lambda: now[0])
-    assert [counter.hit("a").allowed for _ in range(3)] == [True, True, False]
-    now[0] = 9.5
-    d = counter.hit("a")
-    assert not d.allowed and d.reset == 1
-    now[0] = 10.0
-    d = counter.hit("a")
-    assert d.allowed and d.remaining == 1 and d.reset == 10
-    # Memory stays bounded however many identities come.
-    small = FixedWindowCounter("ip", 1, 10, max_entries=100, clock=lambda: now[0])
-    for i in range(10_000):
-        small.hit(f"client-{i}")
-    assert len(small) <= 100
+    async def run() -> None:
+        counter = Quota("ip", 2, 2, make_storage())
+        assert [(await counter.hit("a")).allowed for _ in range(3)] == [True, True, False]
+        await asyncio.sleep(1.5)
+        d = await counter.hit("a")
+        assert not d.allowed and d.reset == 1
+        await asyncio.sleep(0.6)
+        d = await counter.hit("a")
+        assert d.allowed and d.remaining == 1 and d.reset == 2
+        # Memory stays bounded however many identities come.
+        storage = make_storage(max_entries=100)
+        small = Quota("ip", 1, 10, storage)
+        for i in range(10_000):
+            await small.hit(f"client-{i}")
+        assert isinstance(storage, BoundedMemoryStorage) and len(storage) <= 100
+
+    asyncio.run(run())
+
+
+def test_rate_limit_storage_is_a_setting(tmp_path: Path, models_dir: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().rate_limit_storage == "memory://"
+    monkeypatch.setenv("POLLINID_RATE_LIMIT_STORAGE", "async+memory://")
+    settings = _settings(tmp_path, models_dir, rate_limit_per_ip=2)
+    assert settings.rate_limit_storage == "async+memory://"
+    assert not isinstance(make_storage(settings.rate_limit_storage), BoundedMemoryStorage)
+    with TestClient(create_app(settings)) as c:
+        assert [c.get("/api/v1/taxa").status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_rate_limit_can_be_disabled(tmp_path: Path, models_dir: Path) -> None:

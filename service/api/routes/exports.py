@@ -13,17 +13,19 @@ from starlette.background import BackgroundTask
 
 from service.accounts import Role
 from service.api.deps import SessionDep, SettingsDep, require_role
+from service.api.errors import errors
 from service.exports import writers as exports
 
 router = APIRouter(
-    prefix="/admin/exports", tags=["exports"], dependencies=[Depends(require_role(Role.admin))]
+    prefix="/admin/exports", tags=["exports"], dependencies=[Depends(require_role(Role.admin))],
+    responses=errors(401, 403),
 )
 
 
 @router.get(
     "/{kind}",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}, "text/csv": {}}}},
+    responses={200: {"content": {"application/zip": {}, "text/csv": {}}}, **errors(404, 422)},
 )
 async def export_data(
     kind: Literal["dwca", "csv", "training"], session: SessionDep, settings: SettingsDep

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from service.api.errors import errors
 from service.store.db import ping
 
 router = APIRouter(tags=["health"])
@@ -19,7 +20,7 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "not ready: no model loaded or database unreachable"}})
+@router.get("/ready", responses=errors({503: "not ready: no model loaded or database unreachable"}))
 async def ready(request: Request) -> Any:
     """Readiness: a model loaded (name, version, provider) and the database reachable; 503 otherwise."""
     state = request.app.state

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, status
 
 from service.accounts import ALL_ROLES
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.errors import BODY_ERRORS, errors
 from service.api.schemas.identifications import IdentificationCreate, IdentificationResult, IdentificationsPublic
 from service.validation import identifications as validation
 
@@ -15,10 +16,12 @@ router = APIRouter(
     prefix="/observations/{observation_id}/identifications",
     tags=["identifications"],
     dependencies=[Depends(require_role(*ALL_ROLES))],
+    responses=errors(401, 403, 404, 422),
 )
 
 
-@router.post("", response_model=IdentificationResult, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=IdentificationResult, status_code=status.HTTP_201_CREATED,
+             responses=errors(*BODY_ERRORS))
 def create_identification(
     observation_id: int,
     body: IdentificationCreate,
@@ -51,7 +54,8 @@ def list_identifications(observation_id: int, user: CurrentUser, session: Sessio
     return {"data": validation.identification_public(session, rows), "count": len(rows)}
 
 
-@router.post("/{identification_id}/withdraw", response_model=IdentificationResult)
+@router.post("/{identification_id}/withdraw", response_model=IdentificationResult,
+             responses=errors({409: "the identification is already withdrawn"}))
 def withdraw_identification(
     observation_id: int, identification_id: int, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> Any:

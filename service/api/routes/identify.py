@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from service import accounts as auth
-from service.core.errors import InvalidRequest, PayloadTooLarge, error_body
+from service.api import auth
+from service.api.errors import BODY_ERRORS, errors
+from service.core.errors import InvalidRequest, PayloadTooLarge
 from service.core.imaging import check_upload_head
 from service.inference.identify import identify
 from service.inference.results import IdentifyResponse
@@ -18,8 +19,7 @@ from service.store.tables import User
 async def identify_access(request: Request) -> User | None:
     """Public unless ``settings.identify_requires_key``; a key that is sent must be valid either way.
 
-    Same rule as :func:`service.api.deps.require_identify_access`, but the anonymous public path (the hot path)
-    touches neither the database nor a worker thread.
+    The anonymous public path (the hot path) touches neither the database nor a worker thread.
     """
     if not request.app.state.settings.identify_requires_key and auth.bearer_key(request) is None:
         return None
@@ -34,23 +34,22 @@ async def identify_access(request: Request) -> User | None:
 identify_access.pollinid_identify = True  # type: ignore[attr-defined]  # read by the permissions test
 
 # Public unless settings.identify_requires_key (then any valid API key).
-router = APIRouter(tags=["identify"], dependencies=[Depends(identify_access)])
+router = APIRouter(tags=["identify"], dependencies=[Depends(identify_access)], responses=errors(401))
 
-_ERRORS = {
-    413: {"description": "a photo or the whole request is over the size limit",
-          "content": {"application/json": {"example": error_body("payload_too_large", "...")}}},
-    415: {"description": "not a JPEG, PNG, WebP or HEIC photo"},
-    422: {"description": "bad photo (empty, corrupt, truncated, too many pixels) or bad parameters "
-                         "(number of photos, top_k, unknown taxon)"},
-    503: {"description": "no model is loaded"},
-}
+_ERRORS = errors(*BODY_ERRORS, {
+    413: "a photo or the whole request is over the size limit",
+    415: "not a JPEG, PNG, WebP or HEIC photo",
+    422: "bad photo (empty, corrupt, truncated, too many pixels) or bad parameters (number of photos, top_k, "
+         "unknown taxon)",
+    503: "no model is loaded, or too many uploads are in progress (Retry-After)",
+})
 
 
 PHOTOS_FIELD = "photos"
 OLD_PHOTOS_FIELD = "images"  # the name until this release; accepted for one more release
 
 
-@router.post("/identify", response_model=IdentifyResponse, responses=_ERRORS)  # type: ignore[arg-type]
+@router.post("/identify", response_model=IdentifyResponse, responses=_ERRORS)
 async def identify_photos(
     request: Request,
     photos: Annotated[list[UploadFile] | None, File(description="1–5 photos of the same individual (JPEG, "

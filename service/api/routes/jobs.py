@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 
 from service.accounts import Role
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.errors import BODY_ERRORS, errors
 from service.api.schemas.jobs import ExportCreate, JobPublic, JobsPublic, RetrainCreate
 from service.core.errors import Conflict, NotFound
 from service.jobs import rows as jobs
@@ -17,7 +18,8 @@ from service.jobs.kinds import HANDLERS, handler_for
 from service.jobs.retrain import check_request
 from service.store.tables import Job
 
-router = APIRouter(prefix="/admin", tags=["jobs"], dependencies=[Depends(require_role(Role.admin))])
+router = APIRouter(prefix="/admin", tags=["jobs"], dependencies=[Depends(require_role(Role.admin))],
+                   responses=errors(401, 403))
 
 
 def job_public(job: Job) -> JobPublic:
@@ -32,7 +34,8 @@ def _downloadable(kind: str) -> bool:
     return handler is not None and handler.downloadable
 
 
-@router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+@router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_201_CREATED,
+             responses=errors(*BODY_ERRORS, {409: "this model version already exists"}))
 def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: SettingsDep,
                        user: CurrentUser) -> JobPublic:
     """Queue a retrain job: base dataset plus validated observations, gated against the active model."""
@@ -43,7 +46,7 @@ def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: Setti
     return job_public(job)
 
 
-@router.post("/exports", response_model=JobPublic, status_code=status.HTTP_201_CREATED)
+@router.post("/exports", response_model=JobPublic, status_code=status.HTTP_201_CREATED, responses=errors(*BODY_ERRORS))
 def create_export_job(body: ExportCreate, session: SessionDep, settings: SettingsDep,
                       user: CurrentUser) -> JobPublic:
     """Queue an export job (dwca, csv or training manifest); download it when it has succeeded."""
@@ -53,7 +56,7 @@ def create_export_job(body: ExportCreate, session: SessionDep, settings: Setting
     return job_public(job)
 
 
-@router.get("/jobs", response_model=JobsPublic)
+@router.get("/jobs", response_model=JobsPublic, responses=errors(422))
 def list_jobs(
     session: SessionDep,
     kind: jobs.JobKind | None = None,
@@ -66,13 +69,14 @@ def list_jobs(
     return JobsPublic(data=[job_public(j) for j in rows], count=count)
 
 
-@router.get("/jobs/{job_id}", response_model=JobPublic)
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=errors(404, 422))
 def read_job(job_id: int, session: SessionDep) -> JobPublic:
     """One job: state, progress, epoch, metrics, log tail, heartbeat, result."""
     return job_public(jobs.get_job(session=session, job_id=job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic,
+             responses=errors(404, 422, {409: "the job has already finished"}))
 def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
     """Cancel a queued job, or stop a running one (its worker stops the training process)."""
     job = jobs.request_cancel(session=session, job_id=job_id)
@@ -81,7 +85,8 @@ def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
 
 
 @router.get("/jobs/{job_id}/download", response_class=FileResponse,
-            responses={200: {"content": {"application/zip": {}, "text/csv": {}}}})
+            responses={200: {"content": {"application/zip": {}, "text/csv": {}}},
+                       **errors(404, 422, {409: "the export job has not succeeded (yet)"})})
 def download_job_output(job_id: int, session: SessionDep, settings: SettingsDep) -> FileResponse:
     """The file an export job wrote."""
     job = jobs.get_job(session=session, job_id=job_id)

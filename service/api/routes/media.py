@@ -8,13 +8,15 @@ from sqlalchemy import select
 
 from service.accounts import ALL_ROLES
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.errors import errors
 from service.core.errors import NotFound
 from service.core.imaging import ACCEPTED_FORMATS
 from service.observations.store import can_see_all
 from service.store.storage import check_sha256, media_file
 from service.store.tables import Observation, Photo
 
-router = APIRouter(prefix="/media", tags=["media"], dependencies=[Depends(require_role(*ALL_ROLES))])
+router = APIRouter(prefix="/media", tags=["media"], dependencies=[Depends(require_role(*ALL_ROLES))],
+                   responses=errors(401, 403))
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -25,6 +27,7 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
     responses={
         200: {"content": {mime: {} for mime in sorted(set(ACCEPTED_FORMATS.values()))}},
         304: {"description": "not modified (If-None-Match)"},
+        **errors(404, 422),
     },
 )
 def read_media(

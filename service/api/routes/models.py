@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from service.accounts import Role
 from service.api.deps import CurrentUser, RegistryDep, SessionDep, require_role
+from service.api.errors import BODY_ERRORS, errors
 from service.api.schemas.models import (
     ModelActivate,
     ModelActivationPublic,
@@ -25,7 +26,8 @@ from service.exports.writers import model_accuracy
 from service.inference.versions import VersionState
 from service.store.tables import ModelActivation, ModelVersion
 
-router = APIRouter(prefix="/admin/models", tags=["models"], dependencies=[Depends(require_role(Role.admin))])
+router = APIRouter(prefix="/admin/models", tags=["models"], dependencies=[Depends(require_role(Role.admin))],
+                   responses=errors(401, 403))
 
 # Files of a model version folder that the admin page may read (written by training's report).
 REPORT_FILES: dict[str, str] = {
@@ -71,7 +73,7 @@ def list_models(session: SessionDep, registry: RegistryDep) -> ModelVersionsPubl
     return ModelVersionsPublic(data=data, count=len(data))
 
 
-@router.get("/activations", response_model=ModelActivationsPublic)
+@router.get("/activations", response_model=ModelActivationsPublic, responses=errors(422))
 def list_activations(session: SessionDep, limit: int = Query(100, ge=1, le=1000),
                      offset: int = Query(0, ge=0)) -> ModelActivationsPublic:
     """Every activation, newest first: which version, its state then, who, why, and whether it was forced."""
@@ -97,7 +99,7 @@ def _one(session: SessionDep, version: str, name: str | None) -> tuple[str, str]
     return (str(rows[0][0]), str(rows[0][1]))
 
 
-@router.post("/{version}/retire", response_model=ModelVersionPublic)
+@router.post("/{version}/retire", response_model=ModelVersionPublic, responses=errors(*BODY_ERRORS, 404))
 async def retire_model(version: str, session: SessionDep, registry: RegistryDep,
                        body: ModelRetire | None = None,
                        name: str | None = Query(None, description="needed when several models have this "
@@ -113,7 +115,9 @@ async def retire_model(version: str, session: SessionDep, registry: RegistryDep,
     raise NotFound(f"model {target[0]}/{target[1]} vanished")  # pragma: no cover
 
 
-@router.post("/{version}/activate", response_model=ModelVersionPublic)
+@router.post("/{version}/activate", response_model=ModelVersionPublic, responses=errors(*BODY_ERRORS, 404, {
+    409: "several models have this version: say which with ?name=",
+    422: "invalid parameters, or the version cannot serve (corrupt model, card and graph disagree)"}))
 async def activate_model(version: str, session: SessionDep, registry: RegistryDep,
                          user: CurrentUser, body: ModelActivate | None = None,
                          name: str | None = Query(None, description="needed when several models have this "
@@ -148,7 +152,7 @@ async def activate_model(version: str, session: SessionDep, registry: RegistryDe
 
 
 @router.get("/{name}/{version}/files/{filename}", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+            responses={200: {"content": {"image/png": {}, "application/json": {}}}, **errors(404, 422)})
 def read_model_file(name: str, version: str, filename: str, session: SessionDep) -> FileResponse:
     """A report file of a version: confusion.png, reliability.png, report.json, report.md, gate.json."""
     if filename not in REPORT_FILES:

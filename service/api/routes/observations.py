@@ -14,6 +14,7 @@ from pydantic import BeforeValidator
 
 from service.accounts import ALL_ROLES
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
+from service.api.errors import BODY_ERRORS, errors
 from service.api.schemas.observations import (
     Licence,
     ObservationPublic,
@@ -37,7 +38,8 @@ from service.store.tables import Observation
 logger = logging.getLogger(__name__)
 
 router = APIRouter(
-    prefix="/observations", tags=["observations"], dependencies=[Depends(require_role(*ALL_ROLES))]
+    prefix="/observations", tags=["observations"], dependencies=[Depends(require_role(*ALL_ROLES))],
+    responses=errors(401, 403),
 )
 
 
@@ -72,9 +74,9 @@ async def predict(
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"description": "never: a replay answers 201 with Idempotent-Replayed: true"},
-        413: {"description": "a photo is over the size limit"},
-        415: {"description": "not a photo"},
-        422: {"description": "bad photo count, photo, metadata or Idempotency-Key"},
+        **errors(*BODY_ERRORS, {413: "a photo is over the size limit", 415: "not a photo",
+                                422: "bad photo count, photo, metadata or Idempotency-Key",
+                                503: "too many uploads are in progress: retry after Retry-After seconds"}),
     },
 )
 async def create_observation(
@@ -161,7 +163,7 @@ async def create_observation(
     return await run_in_threadpool(render)
 
 
-@router.get("", response_model=ObservationsPublic)
+@router.get("", response_model=ObservationsPublic, responses=errors(422))
 def list_observations(
     user: CurrentUser,
     session: SessionDep,
@@ -197,14 +199,14 @@ def list_observations(
     return {"data": to_public(session, rows), "count": count, "next_cursor": next_cursor}
 
 
-@router.get("/{observation_id}", response_model=ObservationPublic)
+@router.get("/{observation_id}", response_model=ObservationPublic, responses=errors(404, 422))
 def read_observation(observation_id: int, user: CurrentUser, session: SessionDep) -> Any:
     """One observation with its photos, prediction and consensus."""
     obs = store.get_observation_for(session, user, observation_id)
     return to_public(session, [obs])[0]
 
 
-@router.patch("/{observation_id}", response_model=ObservationPublic)
+@router.patch("/{observation_id}", response_model=ObservationPublic, responses=errors(*BODY_ERRORS, 404))
 def update_observation(
     observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep
 ) -> Any:

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Depends
 
 from service.accounts import Role
 from service.api.deps import SessionDep, require_role
+from service.api.errors import errors
 from service.api.schemas.observations import ModelAccuracy, ModelAccuracyPublic
 from service.exports.writers import model_accuracy
 
 router = APIRouter(
-    prefix="/stats", tags=["stats"], dependencies=[Depends(require_role(Role.expert, Role.admin))]
+    prefix="/stats", tags=["stats"], dependencies=[Depends(require_role(Role.expert, Role.admin))],
+    responses=errors(401, 403),
 )
 
 

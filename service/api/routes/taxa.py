@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from service.api.deps import SessionDep
+from service.api.errors import errors
 from service.api.schemas.taxa import TaxaPublic, TaxonDetail, TaxonPublic
 from service.observations import taxa
 from service.store.tables import Taxon
@@ -13,7 +14,7 @@ from service.store.tables import Taxon
 router = APIRouter(prefix="/taxa", tags=["taxa"])
 
 
-@router.get("", response_model=TaxaPublic)
+@router.get("", response_model=TaxaPublic, responses=errors(422))
 def list_taxa(
     session: SessionDep,
     q: str | None = Query(
@@ -28,7 +29,7 @@ def list_taxa(
     return TaxaPublic(data=[TaxonPublic.model_validate(t) for t in rows], count=count)
 
 
-@router.get("/{taxon_id}", response_model=TaxonDetail)
+@router.get("/{taxon_id}", response_model=TaxonDetail, responses=errors(404, 422))
 def read_taxon(taxon_id: int, session: SessionDep) -> TaxonDetail:
     """One taxon with its ancestors (root first), children and model labels."""
     taxon = taxa.get_taxon(session, taxon_id)
