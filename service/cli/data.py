@@ -221,7 +221,7 @@ def import_taxonomy(args: argparse.Namespace) -> int:
 
 
 def export_data(args: argparse.Namespace) -> int:
-    from service.exports.writers import export
+    from service.exports.kinds import export
 
     engine, settings, factory = _session()
     try:

@@ -1,7 +1,7 @@
 """Export jobs: a Darwin Core archive, a CSV or a training manifest, written by a child process.
 
 The handler (:class:`ExportHandler`) writes the spec; the child (``python -m service.jobs.export_job
-spec.json``) writes the export (:func:`service.exports.writers.export`) into the attempt's folder and describes it
+spec.json``) writes the export (:func:`service.exports.kinds.export`) into the attempt's folder and describes it
 in ``export.json``, which becomes the job's result; the admin downloads the file from the job.
 """
 
@@ -63,7 +63,7 @@ class ExportHandler:
 
 def run_export_child(spec_path: Path) -> int:
     """Write one export (dwca, csv, training manifest) into the spec's work folder."""
-    from service.exports.writers import MEDIA_TYPES, export
+    from service.exports.kinds import MEDIA_TYPES, export
     from service.store.db import create_db_engine, make_session_factory
 
     spec = ExportSpec(**json.loads(spec_path.read_text(encoding="utf-8")))

@@ -7,7 +7,7 @@ The training itself runs in a child process (``python -m training.worker_entry s
    :class:`~service.jobs.params.RetrainParams` (the base dataset must exist on the server, the model name is
    known, the version is free);
 2. :func:`prepare` writes, for one attempt, the validated observations as a training manifest (the
-   service's own export, :func:`service.exports.writers.write_training_manifest`), their taxonomy, and the
+   service's own export, :func:`service.exports.training_manifest.write_training_manifest`), their taxonomy, and the
    child's :class:`~service.jobs.protocol.RetrainSpec` (``spec.json``); it picks the new version and reserves
    its folder (:func:`release_reservation` gives it back);
 3. :func:`complete` registers the exported candidate as a model version, applies the non-regression gate
@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.core.errors import Conflict, InvalidRequest
 from service.core.modelcard import CARD_FILENAME, NOT_A_TAXON, ONNX_FILENAME, RANKS
 from service.core.taxonomy import NO_INSECT
-from service.exports.writers import _Taxa, write_training_manifest
+from service.exports.lookups import TaxonCache as _Taxa
+from service.exports.training_manifest import write_training_manifest
 from service.inference.classifier import RuntimeOptions
 from service.inference.registry import ModelRegistry
 from service.inference.versions import VersionState, write_card_state

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from service.core.errors import InvalidRequest
 from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
-from service.exports.writers import training_rows
+from service.exports.training_manifest import training_rows
 from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
 from service.jobs.params import RetrainParams
 from service.settings import Settings

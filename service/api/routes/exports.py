@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 from service.accounts import Role
 from service.api.deps import SessionDep, SettingsDep, require_role
 from service.api.errors import errors
-from service.exports import writers as exports
+from service.exports import kinds as exports
 
 router = APIRouter(
     prefix="/admin/exports", tags=["exports"], dependencies=[Depends(require_role(Role.admin))],

@@ -22,7 +22,7 @@ from service.api.schemas.models import (
 )
 from service.api.schemas.observations import ModelAccuracy
 from service.core.errors import Conflict, NotFound
-from service.exports.writers import model_accuracy
+from service.exports.model_accuracy import model_accuracy
 from service.inference.versions import VersionState
 from service.store.tables import ModelActivation, ModelVersion
 

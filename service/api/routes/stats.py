@@ -8,7 +8,7 @@ from service.accounts import Role
 from service.api.deps import SessionDep, require_role
 from service.api.errors import errors
 from service.api.schemas.observations import ModelAccuracy, ModelAccuracyPublic
-from service.exports.writers import model_accuracy
+from service.exports.model_accuracy import model_accuracy
 
 router = APIRouter(
     prefix="/stats", tags=["stats"], dependencies=[Depends(require_role(Role.expert, Role.admin))],

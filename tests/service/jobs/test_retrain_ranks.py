@@ -18,7 +18,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from service.core.taxonomy import TaxonTree, read_taxonomy_csv
-from service.exports.writers import export, write_training_manifest
+from service.exports.kinds import export
+from service.exports.training_manifest import write_training_manifest
 from service.jobs.params import RetrainCreate, RetrainParams
 from service.jobs.retrain import observation_taxonomy, prepare
 from service.observations.taxa import import_taxonomy_csv, rebuild_paths

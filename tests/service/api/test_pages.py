@@ -5,14 +5,19 @@ import re
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.api.routes.pages import PAGES
+
+
+def test_every_page_exists(settings):
+    assert set(PAGES) == {"/", "/expert", "/admin"}
+    for filename in PAGES.values():
+        assert (settings.frontend_dir / filename).is_file(), filename
 
 
 def test_pages_are_served_with_a_strict_csp(settings):
     with TestClient(create_app(settings)) as client:
-        for path in ("/", "/expert", "/admin"):
+        for path in PAGES:
             response = client.get(path)
-            if path != "/" and response.status_code == 404:
-                continue  # page not built yet
             assert response.status_code == 200, path
             assert "text/html" in response.headers["content-type"]
             csp = response.headers["content-security-policy"]
@@ -40,3 +45,12 @@ def test_unknown_api_route_is_a_json_404(settings):
         response = client.get("/api/v1/nope")
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_missing_static_file_is_a_json_404(settings):
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/static/no-such-file.js")
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error"]["code"] == "not_found"
+        assert client.get("/no-such-page").status_code == 404

@@ -23,7 +23,7 @@ from service.store.db import create_db_engine, init_db, make_session_factory
 from tests.helpers import photo_bytes, write_tiny_model
 from tests.service.observation_support import Env, env  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_models_are_listed_with_metrics_and_live_accuracy(env: Env) -> None:  # noqa: F811
