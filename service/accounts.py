@@ -12,13 +12,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.core.errors import Conflict, InvalidRequest, NotFound
+from service.core.vocabulary import Role
 from service.settings import Settings
 from service.store.tables import ApiKey, User, utcnow
 
@@ -26,14 +26,7 @@ logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "pk_"
 
-
-class Role(StrEnum):
-    volunteer = "volunteer"
-    expert = "expert"
-    admin = "admin"
-
-
-ALL_ROLES: tuple[Role, ...] = (Role.volunteer, Role.expert, Role.admin)
+ALL_ROLES: tuple[Role, ...] = tuple(Role)
 
 
 def parse_role(value: str) -> Role:

@@ -1,11 +1,15 @@
 // pollinid admin page: model versions (origin, state, metrics, per-class table, confusion matrix, activate / roll
 // back, force activation with a reason, retire, activation history),
 // retrain and export jobs with live progress, users and keys. Plain ES module over the REST API.
-import { api, authedImageUrl, el, getKey, setupSignIn, showError } from "./api.js";
+import { api, authedImageUrl, el, fillSelect, getKey, setupSignIn, showError, vocabulary } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
-const ACTIVE_STATES = new Set(["queued", "running"]);
+// The service's vocabularies (GET /api/v1/vocabulary): job states, version states, export kinds, roles.
+let words = null;
+const wordsReady = vocabulary().then((v) => { words = v; applyVocabulary(v); });
+// A job is active (may be cancelled, is polled) until it reaches a state it never leaves.
+function isActive(state) { return Boolean(words) && !words.job_states_finished.includes(state); }
 
 let selectedJob = null;
 let selectedModel = null;
@@ -26,8 +30,7 @@ function fail(error) { showError($("admin-error"), error); }
 
 // -- models --------------------------------------------------------------------------------------------
 
-// States that activate with a plain click; the others need force and a reason (docs/retrain.md).
-const PLAIN_ACTIVATION = new Set(["released", "gate_passed"]);
+// Display labels, keyed by the vocabulary's values (a value without a label is shown as is).
 const STATE_TEXT = {
   released: "released", gate_passed: "gate passed", gate_failed: "gate failed", candidate: "candidate",
   retired: "retired",
@@ -37,7 +40,10 @@ let lastActivations = null;
 let versionAction = null; // { kind: "force" | "retire", model }
 
 function modelRef(m) { return `${m.name}/${m.version}`; }
-function needsForce(m) { return Boolean(m.state) && !PLAIN_ACTIVATION.has(m.state); }
+// Some states activate only with force and a reason (docs/retrain.md); the vocabulary says which.
+function needsForce(m) {
+  return Boolean(m.state) && Boolean(words) && words.version_states_needing_force.includes(m.state);
+}
 
 function modelsMessage(text) {
   $("models-status").textContent = text;
@@ -69,6 +75,7 @@ function stateBadges(m) {
 }
 
 async function loadModels() {
+  await wordsReady;
   const body = await api("/api/v1/admin/models");
   const rows = body.data.map((m) => {
     const ref = modelRef(m);
@@ -308,22 +315,23 @@ function renderJobDetail(job) {
   const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.value = job.log_tail.join("\n");
   if (atBottom) log.scrollTop = log.scrollHeight;
-  $("job-cancel").disabled = !ACTIVE_STATES.has(job.state);
+  $("job-cancel").disabled = !isActive(job.state);
 }
 
 async function loadJobs() {
+  await wordsReady;
   const body = await api("/api/v1/admin/jobs", { query: { limit: 20 } });
   let finishedRetrain = false;
   const rows = body.data.map((job) => {
     const before = lastJobStates.get(job.id);
-    if (before && ACTIVE_STATES.has(before) && !ACTIVE_STATES.has(job.state) && job.kind === "retrain") finishedRetrain = true;
+    if (before && isActive(before) && !isActive(job.state) && job.kind === "retrain") finishedRetrain = true;
     lastJobStates.set(job.id, job.state);
     const actions = [el("button", { type: "button", class: "secondary", "aria-label": `Show job ${job.id}`,
       onclick: () => { selectedJob = job.id; renderJobDetail(job); } }, "Show")];
     if (job.download) {
       actions.push(el("button", { type: "button", "aria-label": `Download job ${job.id}`, onclick: () => download(job) }, "Download"));
     }
-    if (ACTIVE_STATES.has(job.state)) {
+    if (isActive(job.state)) {
       actions.push(el("button", { type: "button", class: "danger", "aria-label": `Cancel job ${job.id}`, onclick: () => cancelJob(job) }, "Cancel"));
     }
     const bar = el("progress", { max: "100", value: String(Math.round(job.progress * 100)), "aria-label": `Progress of job ${job.id}` });
@@ -435,6 +443,8 @@ async function startRetrain(event) {
   }
 }
 
+const EXPORT_LABELS = { dwca: "Darwin Core Archive", csv: "CSV of observations", training: "Training manifest" };
+
 async function startExport(kind) {
   clearError();
   try {
@@ -503,6 +513,14 @@ async function revokeKey(user, key) {
 
 // -- wiring --------------------------------------------------------------------------------------------
 
+/** Pickers from the vocabulary: the export buttons and the roles a new user may get. */
+function applyVocabulary(v) {
+  $("export-buttons").replaceChildren(...v.export_kinds.map((kind) => el("button", {
+    type: "button", class: "secondary", "data-export": kind, onclick: () => startExport(kind),
+  }, EXPORT_LABELS[kind] || kind)));
+  fillSelect($("user-role"), v.roles);
+}
+
 async function loadAll() {
   clearError();
   if (pollTimer) clearInterval(pollTimer);
@@ -523,6 +541,7 @@ for (const table of document.querySelectorAll("main table")) {
   table.replaceWith(box);
   box.append(table);
 }
+wordsReady.catch(fail);
 setupSignIn($("signin"), $("signin-status"), loadAll);
 $("models-refresh").addEventListener("click", () => loadModels().catch(fail));
 $("retrain-form").addEventListener("submit", startRetrain);
@@ -532,7 +551,4 @@ $("user-form").addEventListener("submit", createUser);
 $("job-cancel").addEventListener("click", () => {
   if (selectedJob !== null) cancelJob({ id: selectedJob });
 });
-for (const button of document.querySelectorAll("[data-export]")) {
-  button.addEventListener("click", () => startExport(button.dataset.export));
-}
 loadAll();

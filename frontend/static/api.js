@@ -39,6 +39,26 @@ export async function api(path, { method = "GET", json, form, query, headers = {
   return body;
 }
 
+/** The service's vocabularies (licences, roles, statuses, kinds, states: GET /api/v1/vocabulary, public), fetched
+ * once per page. Pickers and rules are built from these values; pages keep only display labels keyed by them. */
+let vocabularyPromise = null;
+export function vocabulary() {
+  if (!vocabularyPromise) {
+    vocabularyPromise = api("/api/v1/vocabulary", { auth: false }).catch((error) => {
+      vocabularyPromise = null; // try again next time
+      throw error;
+    });
+  }
+  return vocabularyPromise;
+}
+
+/** Fill a <select> with these values (shown by their label, else as is), keeping the current or given choice. */
+export function fillSelect(select, values, { labels = {}, selected } = {}) {
+  const chosen = select.value || selected;
+  select.replaceChildren(...values.map((value) =>
+    el("option", { value, selected: value === chosen }, labels[value] || value)));
+}
+
 /** Text node helper: never build HTML from API strings. */
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);

@@ -1,5 +1,5 @@
 // pollinid — volunteer page: photos → suggestions → observation.
-import { api, el, getKey, percent, setupSignIn, showError } from "./api.js";
+import { api, el, fillSelect, getKey, percent, setupSignIn, showError, vocabulary } from "./api.js";
 import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
 import { preparePhotos } from "./photos.js";
 
@@ -164,7 +164,7 @@ async function submitObservation(event) {
     if (state.precision) form.append("coordinate_precision_m", String(state.precision));
   }
   if ($("flower").value.trim()) form.append("flower", $("flower").value.trim());
-  form.append("licence", $("licence").value);
+  if ($("licence").value) form.append("licence", $("licence").value); // else the service's default licence
   if ($("notes").value.trim()) form.append("notes", $("notes").value.trim());
   const session = currentSession();
   if (session) form.append("session_id", session.id);
@@ -247,4 +247,7 @@ $("session-start").addEventListener("click", () => {
 $("session-stop").addEventListener("click", () => { localStorage.removeItem(SESSION_STORAGE); renderSession(); });
 setInterval(renderSession, 30000);
 renderSession();
+vocabulary()
+  .then((words) => fillSelect($("licence"), words.licences, { selected: words.default_licence }))
+  .catch((error) => showError($("submit-error"), error));
 loadMine();

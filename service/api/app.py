@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         taxa,
         users,
         validation,
+        vocabulary,
     )
 
     app.include_router(health.router, prefix="/api/v1")  # never rate limited
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every other API route counts against the rate limits (service.api.ratelimit) and may answer 429.
     limited = errors(429) if settings.rate_limit_enabled else None
     for module in (identify, users, admin, observations, identifications, validation, taxa, media, stats,
-                   exports, jobs, models):
+                   exports, jobs, models, vocabulary):
         app.include_router(module.router, prefix="/api/v1", responses=limited)
 
     # Web pages last, so API routes always win.

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.core.vocabulary import ExportKind, Role
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     db = sub.add_parser("db", help="database schema migrations")
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     u_sub.required = True
     p = u_sub.add_parser("create", help="create a user; prints the API key as the last line")
     p.add_argument("--name", required=True)
-    p.add_argument("--role", required=True, choices=["admin", "expert", "volunteer"])
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
     p.set_defaults(func=users_create)
     p = u_sub.add_parser("list", help="list users and their keys")
     p.set_defaults(func=users_list)
@@ -50,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=import_taxonomy)
 
     exp = sub.add_parser("export-data", help="export observations: dwca, csv or training manifest")
-    exp.add_argument("kind", choices=["dwca", "csv", "training"])
+    exp.add_argument("kind", choices=[k.value for k in ExportKind])
     exp.add_argument("--out", type=Path, required=True, help="file to write")
     exp.set_defaults(func=export_data)
 
@@ -227,7 +229,7 @@ def export_data(args: argparse.Namespace) -> int:
     try:
         with factory() as session:
             result = export(session, settings, args.kind, args.out)
-        extra = f", {result.media} photos" if result.kind != "csv" else ""
+        extra = f", {result.media} photos" if result.kind != ExportKind.csv else ""
         print(f"wrote {result.kind} export of {result.records} records{extra} to {result.path}")
     finally:
         engine.dispose()

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core.vocabulary import ExportKind
 from service.exports.atomic import atomic_write
 from service.exports.lookups import ExportResult, TaxonCache, iso_z, user_names
 from service.settings import Settings
@@ -103,4 +104,4 @@ def write_csv(session: Session, settings: Settings, out: Path) -> ExportResult:
                 ]
             )
             n += 1
-    return ExportResult("csv", out, n)
+    return ExportResult(ExportKind.csv, out, n)

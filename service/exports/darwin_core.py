@@ -14,15 +14,17 @@ from xml.sax.saxutils import escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core.vocabulary import ExportKind, Licence, ObservationStatus
 from service.exports.atomic import atomic_write
 from service.exports.lookups import ExportResult, TaxonCache, iso_z, user_names
 from service.settings import Settings
 from service.store.tables import Identification, Observation, Taxon
 
+# Each licence's legal code, as GBIF wants it in dc:license (a test checks every Licence has one).
 GBIF_LICENCES: dict[str, str] = {
-    "CC0": "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
-    "CC-BY": "http://creativecommons.org/licenses/by/4.0/legalcode",
-    "CC-BY-NC": "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
+    Licence.cc0: "http://creativecommons.org/publicdomain/zero/1.0/legalcode",
+    Licence.cc_by: "http://creativecommons.org/licenses/by/4.0/legalcode",
+    Licence.cc_by_nc: "http://creativecommons.org/licenses/by-nc/4.0/legalcode",
 }
 DWC = "http://rs.tdwg.org/dwc/terms/"
 DC = "http://purl.org/dc/terms/"
@@ -66,7 +68,7 @@ MULTIMEDIA_TERMS: tuple[str, ...] = (
 
 def _validated(session: Session, *, gbif_only: bool) -> Iterator[Observation]:
     stmt = select(Observation).where(
-        Observation.status == "validated", Observation.community_taxon_id.is_not(None)
+        Observation.status == ObservationStatus.validated.value, Observation.community_taxon_id.is_not(None)
     )
     if gbif_only:
         stmt = stmt.where(Observation.licence.in_(list(GBIF_LICENCES)))
@@ -216,4 +218,4 @@ def write_dwca(session: Session, settings: Settings, out: Path) -> ExportResult:
         zf.writestr("multimedia.txt", _tsv(media))
         zf.writestr("meta.xml", _meta_xml())
         zf.writestr("eml.xml", _eml_xml(settings, len(occ) - 1, now))
-    return ExportResult("dwca", out, len(occ) - 1, len(media) - 1)
+    return ExportResult(ExportKind.dwca, out, len(occ) - 1, len(media) - 1)

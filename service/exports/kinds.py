@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service.core.errors import InvalidRequest
+from service.core.vocabulary import ExportKind
 from service.exports.csv_table import write_csv
 from service.exports.darwin_core import write_dwca
 from service.exports.lookups import ExportResult
@@ -17,17 +18,18 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+
 WRITERS: dict[str, Callable[[Session, Settings, Path], ExportResult]] = {
-    "dwca": write_dwca,
-    "csv": write_csv,
-    "training": write_training_manifest,
+    ExportKind.dwca: write_dwca,
+    ExportKind.csv: write_csv,
+    ExportKind.training: write_training_manifest,
 }
 MEDIA_TYPES: dict[str, tuple[str, str]] = {
-    "dwca": ("application/zip", "pollinid-dwca.zip"),
-    "csv": ("text/csv", "pollinid-observations.csv"),
-    "training": ("text/csv", "pollinid-training-manifest.csv"),
+    ExportKind.dwca: ("application/zip", "pollinid-dwca.zip"),
+    ExportKind.csv: ("text/csv", "pollinid-observations.csv"),
+    ExportKind.training: ("text/csv", "pollinid-training-manifest.csv"),
 }
-EXPORT_KINDS: tuple[str, ...] = tuple(WRITERS)
+EXPORT_KINDS: tuple[str, ...] = tuple(k.value for k in ExportKind)
 
 
 def export(session: Session, settings: Settings, kind: str, out: Path) -> ExportResult:

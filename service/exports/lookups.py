@@ -11,12 +11,13 @@ from sqlalchemy.orm import Session
 
 from service.core.clock import as_utc
 from service.core.modelcard import NOT_A_TAXON
+from service.core.vocabulary import ExportKind
 from service.store.tables import Taxon, User
 
 
 @dataclass
 class ExportResult:
-    kind: str
+    kind: ExportKind
     path: Path
     records: int
     media: int = 0

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.core.vocabulary import ObservationStatus
 from service.exports.lookups import TaxonCache
 from service.store.tables import Observation, Taxon
 
@@ -20,7 +21,7 @@ def model_accuracy(session: Session) -> list[dict[str, Any]]:
     taxa = TaxonCache(session)
     stats: dict[tuple[str, str], list[int]] = {}
     stmt = select(Observation).where(
-        Observation.status == "validated",
+        Observation.status == ObservationStatus.validated.value,
         Observation.model_name.is_not(None),
         Observation.community_taxon_id.is_not(None),
     )

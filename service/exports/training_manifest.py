@@ -18,16 +18,16 @@ from sqlalchemy.orm import Session
 from service.core.clock import as_utc
 from service.core.modelcard import NOT_A_TAXON, RANKS
 from service.core.taxonomy import NO_INSECT
+from service.core.vocabulary import ExportKind, ObservationStatus
 from service.exports.atomic import atomic_write
 from service.exports.lookups import ExportResult, TaxonCache
 from service.settings import Settings
 from service.store.storage import media_file
 from service.store.tables import Observation, Taxon, TaxonLabel
-from service.validation.consensus import Status
 
 TRAINING_COLUMNS: tuple[str, ...] = ("path", "label", "observation_id", "observer", "rank")
 SPECIES_INDEX = RANKS.index("species")
-NOT_AN_INSECT_STATUS = Status.not_an_insect.value
+NOT_AN_INSECT_STATUS = ObservationStatus.not_an_insect.value
 # The coarsest rank a validated taxon may have to become a training label (class Insecta is "an insect").
 COARSEST_TRAINING_RANK = "order"
 
@@ -70,7 +70,7 @@ def training_rows(
     root = settings.media_path.resolve()
     stmt = select(Observation).where(
         or_(
-            and_(Observation.status == "validated", Observation.community_taxon_id.is_not(None)),
+            and_(Observation.status == ObservationStatus.validated.value, Observation.community_taxon_id.is_not(None)),
             Observation.status == NOT_AN_INSECT_STATUS,
         )
     )
@@ -109,4 +109,4 @@ def write_training_manifest(
             writer.writerow(row)
             observations.add(row["observation_id"])
             n += 1
-    return ExportResult("training", out, len(observations), n)
+    return ExportResult(ExportKind.training, out, len(observations), n)

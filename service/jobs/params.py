@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.core.vocabulary import ExportKind
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # Training options the retrain request sets itself; they cannot come through ``options``.
 RESERVED_OPTIONS: frozenset[str] = frozenset({
@@ -162,9 +164,6 @@ class RetrainCreate(BaseModel):
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
             raise ValueError(f"invalid options: {problems}") from None
         return checked.model_dump(exclude_none=True)
-
-
-ExportKind = Literal["dwca", "csv", "training"]
 
 
 class ExportCreate(BaseModel):

@@ -27,22 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.clock import as_utc
 from service.core.errors import Conflict, NotFound
+from service.core.vocabulary import JobKind, JobState
 from service.store.tables import Job
 
 logger = logging.getLogger(__name__)
-
-
-class JobState(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-class JobKind(StrEnum):
-    retrain = "retrain"
-    export = "export"
 
 
 TERMINAL_STATES: frozenset[str] = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})

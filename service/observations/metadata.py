@@ -13,12 +13,11 @@ from sqlalchemy.orm import Session
 
 from service.core.clock import as_utc
 from service.core.errors import InvalidRequest
+from service.core.vocabulary import DEFAULT_LICENCE, Licence
 from service.observations.photos import UploadedPhoto, exif_datetime, exif_gps
 from service.observations.taxa import resolve_taxon
 from service.store.tables import utcnow
 
-LICENCES: tuple[str, ...] = ("CC0", "CC-BY", "CC-BY-NC")
-STATUSES: tuple[str, ...] = ("needs_id", "validated", "disputed", "cannot_tell", "not_an_insect")
 FUTURE_TOLERANCE = timedelta(minutes=10)
 EARLIEST = datetime(1800, 1, 1, tzinfo=UTC)  # museum and herbarium records; nothing older is plausible
 TEXT_FIELDS: tuple[str, ...] = ("flower", "flower_taxon", "session_id", "notes")
@@ -35,7 +34,7 @@ class ObservationInput:
     flower: str | None = None
     flower_taxon: str | None = None
     session_id: str | None = None
-    licence: str = "CC-BY"
+    licence: str = DEFAULT_LICENCE.value
     notes: str | None = None
 
     def fingerprint(self, shas: Iterable[str]) -> str:
@@ -82,11 +81,12 @@ def check_coordinates(lat: float | None, lon: float | None, precision: float | N
 
 
 def check_licence(value: str) -> str:
-    if value not in LICENCES:
+    try:
+        return Licence(value).value
+    except ValueError:
         raise InvalidRequest(
-            f"unknown licence {value!r}; known: {list(LICENCES)}", detail={"field": "licence"}
-        )
-    return value
+            f"unknown licence {value!r}; known: {[v.value for v in Licence]}", detail={"field": "licence"}
+        ) from None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.core.clock import as_utc
 from service.core.errors import InvalidRequest
-from service.observations.metadata import STATUSES
+from service.core.vocabulary import ObservationStatus
 from service.observations.store import can_see_all
 from service.observations.taxa import resolve_taxon, subtree_condition
 from service.store.tables import Observation, User
@@ -71,8 +71,8 @@ def filter_conditions(session: Session, user: User, f: ObservationFilters) -> li
     if not can_see_all(user):
         cond.append(Observation.observer_id == user.id)
     if f.status is not None:
-        if f.status not in STATUSES:
-            raise InvalidRequest(f"unknown status {f.status!r}; known: {list(STATUSES)}")
+        if f.status not in {s.value for s in ObservationStatus}:
+            raise InvalidRequest(f"unknown status {f.status!r}; known: {[s.value for s in ObservationStatus]}")
         cond.append(Observation.status == f.status)
     if f.taxon is not None:
         cond.append(subtree_condition(Observation.taxon_id, resolve_taxon(session, f.taxon)))

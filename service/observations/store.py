@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.accounts import Role
 from service.core.errors import Forbidden, InvalidRequest, NotFound
+from service.core.vocabulary import ObservationStatus
 from service.observations.metadata import (
     TEXT_FIELDS,
     ObservationInput,
@@ -126,7 +127,7 @@ def create_observation(
                     observer_id=observer.id,
                     idempotency_key=idempotency_key,
                     request_fingerprint=fingerprint,
-                    status="needs_id",
+                    status=ObservationStatus.needs_id.value,
                     **resolved.__dict__,
                     **prediction_columns(session, prediction),
                 )

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from service.core.vocabulary import JobState, ObservationStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -177,7 +179,7 @@ class Observation(Base):
     flower_taxon_id: Mapped[int | None] = mapped_column(ForeignKey("taxa.id"), default=None)
     licence: Mapped[str] = mapped_column(String(16))
     notes: Mapped[str | None] = mapped_column(Text, default=None)
-    status: Mapped[str] = mapped_column(String(16), default="needs_id", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ObservationStatus.needs_id.value, index=True)
     # The best current taxon: the community taxon once there is one, else the model's suggestion.
     taxon_id: Mapped[int | None] = mapped_column(ForeignKey("taxa.id"), default=None, index=True)
     community_taxon_id: Mapped[int | None] = mapped_column(ForeignKey("taxa.id"), default=None)
@@ -261,7 +263,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued.value)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(32), default=None)

@@ -27,23 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-
-class Kind(StrEnum):
-    agree = "agree"
-    propose = "propose"
-    cannot_tell = "cannot_tell"
-    not_an_insect = "not_an_insect"
-
-
-class Status(StrEnum):
-    needs_id = "needs_id"
-    validated = "validated"
-    disputed = "disputed"
-    cannot_tell = "cannot_tell"
-    not_an_insect = "not_an_insect"
-
+# The rule's short names for two shared vocabularies (defined once, in service.core.vocabulary).
+from service.core.vocabulary import IdentificationKind as Kind
+from service.core.vocabulary import ObservationStatus as Status
 
 TAXON_KINDS = frozenset({Kind.agree, Kind.propose})
 

@@ -61,7 +61,7 @@ def recompute_consensus(session: Session, obs: Observation, settings: Settings) 
     result = community_taxon(
         votes, min_agreements=settings.consensus_min_agreements, threshold=settings.consensus_threshold
     )
-    was_validated = obs.status == "validated"
+    was_validated = obs.status == Status.validated
     obs.status = result.status.value
     obs.community_taxon_id = result.taxon
     obs.consensus_score = result.score
@@ -70,9 +70,9 @@ def recompute_consensus(session: Session, obs: Observation, settings: Settings) 
     # The best current taxon; none once the specialists found no insect in the photos.
     obs.taxon_id = (result.taxon if result.taxon is not None
                     else None if result.status == Status.not_an_insect else obs.predicted_taxon_id)
-    if obs.status == "validated" and not was_validated:
+    if obs.status == Status.validated and not was_validated:
         obs.validated_at = utcnow()
-    elif obs.status != "validated":
+    elif obs.status != Status.validated:
         obs.validated_at = None
     obs.updated_at = utcnow()
     return result

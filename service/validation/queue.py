@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from service.accounts import Role
 from service.core.clock import as_utc
 from service.core.errors import Conflict, InvalidRequest, NotFound
+from service.core.vocabulary import ObservationStatus
 from service.observations.taxa import resolve_taxon, subtree_condition
 from service.settings import Settings
 from service.store.tables import Identification, Observation, Taxon, User, utcnow
@@ -20,7 +21,7 @@ def queue_conditions(user: User, now: datetime, taxon: Taxon | None) -> list[Col
         Identification.observation_id == Observation.id, Identification.user_id == user.id
     )
     cond: list[ColumnElement[bool]] = [
-        Observation.status == "needs_id",
+        Observation.status == ObservationStatus.needs_id.value,
         Observation.observer_id != user.id,
         ~already,
         or_(

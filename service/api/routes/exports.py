@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
@@ -14,6 +13,7 @@ from starlette.background import BackgroundTask
 from service.accounts import Role
 from service.api.deps import SessionDep, SettingsDep, require_role
 from service.api.errors import errors
+from service.core.vocabulary import ExportKind
 from service.exports import kinds as exports
 
 router = APIRouter(
@@ -28,7 +28,7 @@ router = APIRouter(
     responses={200: {"content": {"application/zip": {}, "text/csv": {}}}, **errors(404, 422)},
 )
 async def export_data(
-    kind: Literal["dwca", "csv", "training"], session: SessionDep, settings: SettingsDep
+    kind: ExportKind, session: SessionDep, settings: SettingsDep
 ) -> FileResponse:
     """Build and download an export: dwca (zip), csv, or the training manifest."""
     tmpdir = Path(tempfile.mkdtemp(prefix="pollinid-export-"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import FileResponse
@@ -50,8 +49,8 @@ def create_retrain_job(body: RetrainCreate, session: SessionDep, settings: Setti
 def create_export_job(body: ExportCreate, session: SessionDep, settings: SettingsDep,
                       user: CurrentUser) -> JobPublic:
     """Queue an export job (dwca, csv or training manifest); download it when it has succeeded."""
-    job = jobs.create_job(session=session, kind=jobs.JobKind.export, params=body.model_dump(), created_by=user.id,
-                          max_attempts=settings.job_max_attempts)
+    job = jobs.create_job(session=session, kind=jobs.JobKind.export, params=body.model_dump(mode="json"),
+                          created_by=user.id, max_attempts=settings.job_max_attempts)
     session.commit()
     return job_public(job)
 
@@ -60,7 +59,7 @@ def create_export_job(body: ExportCreate, session: SessionDep, settings: Setting
 def list_jobs(
     session: SessionDep,
     kind: jobs.JobKind | None = None,
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    state: jobs.JobState | None = None,
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0),
 ) -> JobsPublic:

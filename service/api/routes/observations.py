@@ -15,16 +15,10 @@ from pydantic import BeforeValidator
 from service.accounts import ALL_ROLES
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.api.errors import BODY_ERRORS, errors
-from service.api.schemas.observations import (
-    Licence,
-    ObservationPublic,
-    ObservationsPublic,
-    ObservationStatus,
-    ObservationUpdate,
-    iso_8601,
-)
+from service.api.schemas.observations import ObservationPublic, ObservationsPublic, ObservationUpdate, iso_8601
 from service.core.imaging import check_upload_head
 from service.core.preprocess import decode_min_side
+from service.core.vocabulary import DEFAULT_LICENCE, Licence, ObservationStatus
 from service.inference.classifier import Classifier
 from service.inference.identify import PreparedPhoto, identify_prepared, prepare_decoded
 from service.observations import photos as obs_photos
@@ -95,7 +89,7 @@ async def create_observation(
     flower: Annotated[str | None, Form(max_length=255, description="visited flower, free text")] = None,
     flower_taxon: Annotated[str | None, Form(max_length=255, description="visited flower as a taxon")] = None,
     session_id: Annotated[str | None, Form(max_length=128, description="groups one SPIPOLL session")] = None,
-    licence: Annotated[Licence, Form()] = "CC-BY",
+    licence: Annotated[Licence, Form()] = DEFAULT_LICENCE,
     notes: Annotated[str | None, Form(max_length=10_000)] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Any:

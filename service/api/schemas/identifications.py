@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas.taxa import TaxonPublic
-
-IdentificationKind = Literal["agree", "propose", "cannot_tell", "not_an_insect"]
+from service.core.vocabulary import IdentificationKind, ObservationStatus, Role
 
 
 class IdentificationCreate(BaseModel):
@@ -34,7 +33,7 @@ class IdentificationPublic(BaseModel):
     observation_id: int
     user_id: int
     user_name: str | None = None
-    user_role: str
+    user_role: Role
     kind: IdentificationKind
     taxon: TaxonPublic | None
     disagreement: bool
@@ -51,7 +50,7 @@ class IdentificationsPublic(BaseModel):
 
 
 class ConsensusPublic(BaseModel):
-    status: str
+    status: ObservationStatus
     taxon: TaxonPublic | None
     score: float | None
     agreement_weight: float

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # A job's parameters are the jobs room's own types (with their bounds); the API takes them from there.
+from service.core.vocabulary import JobKind, JobState
 from service.jobs.params import ExportCreate, RetrainCreate
 
 __all__ = ["ExportCreate", "JobPublic", "JobsPublic", "RetrainCreate"]
@@ -17,8 +18,8 @@ class JobPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    kind: str
-    state: str
+    kind: JobKind
+    state: JobState
     params: dict[str, Any]
     progress: float = Field(description="0..1")
     stage: str | None

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas.observations import ModelAccuracy
+from service.inference.versions import Origin, VersionState
 
 
 class ModelVersionPublic(BaseModel):
@@ -18,9 +19,9 @@ class ModelVersionPublic(BaseModel):
     registered_at: datetime
     activated_at: datetime | None
     error: str | None = Field(description="why this version cannot serve, if it cannot")
-    state: str | None = Field(None, description="candidate, gate_passed, gate_failed, released or retired")
-    origin: str | None = Field(None, description="release (the read-only models folder) or trained (the data "
-                               "folder's trained models)")
+    state: VersionState | None = Field(None, description="the version's state; what each allows: docs/retrain.md")
+    origin: Origin | None = Field(None, description="release (the read-only models folder) or trained (the data "
+                                  "folder's trained models)")
     state_reason: str | None = None
     architecture: str | None
     labels: list[str]
@@ -57,7 +58,7 @@ class ModelActivationPublic(BaseModel):
     id: int
     name: str
     version: str
-    state: str | None = Field(description="the version's state when it was activated")
+    state: VersionState | None = Field(description="the version's state when it was activated")
     previous: str | None = Field(description="the version active before (name/version)")
     user_id: int | None = Field(description="who activated it (None: the service itself)")
     forced: bool = Field(description="a candidate, failed or retired version activated with force")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.api.schemas.taxa import TaxonPublic
+from service.core.vocabulary import Licence, ObservationStatus
 
 # ISO 8601 (RFC 3339 profile, plus a date alone and a space for the T): no epoch numbers, no other formats.
 ISO_8601_RE = re.compile(
@@ -30,8 +31,6 @@ def iso_8601(value: Any) -> Any:
 
 
 IsoDateTime = Annotated[datetime, BeforeValidator(iso_8601)]
-Licence = Literal["CC0", "CC-BY", "CC-BY-NC"]
-ObservationStatus = Literal["needs_id", "validated", "disputed", "cannot_tell", "not_an_insect"]
 
 
 class PhotoPublic(BaseModel):

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RoleName = Literal["volunteer", "expert", "admin"]
+from service.core.vocabulary import Role
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128)
-    role: RoleName
+    role: Role
 
 
 class ApiKeyPublic(BaseModel):
@@ -35,7 +34,7 @@ class UserPublic(BaseModel):
 
     id: int
     name: str
-    role: RoleName
+    role: Role
     active: bool
     created_at: datetime
     keys: list[ApiKeyPublic] = []
@@ -53,7 +52,7 @@ class UsersPublic(BaseModel):
 class UserUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: RoleName | None = None
+    role: Role | None = None
     active: bool | None = None
 
 
@@ -62,4 +61,4 @@ class Me(BaseModel):
 
     id: int
     name: str
-    role: RoleName
+    role: Role

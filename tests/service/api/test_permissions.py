@@ -17,13 +17,14 @@ from service.accounts import ALL_ROLES
 from service.settings import Settings
 from tests.service.observation_support import Env, make_env
 
-# Routes that need no key: the web pages (they call the API with the user's key), health, metrics, taxa
-# and the API docs. Any other route must declare its roles with require_role(...).
+# Routes that need no key: the web pages (they call the API with the user's key), health, metrics, taxa,
+# the vocabulary and the API docs. Any other route must declare its roles with require_role(...).
 PUBLIC_MODULES = {
     "service.api.routes.pages",
     "service.api.routes.health",
     "service.api.routes.metrics",
     "service.api.routes.taxa",
+    "service.api.routes.vocabulary",
     "fastapi.applications",
 }
 ROLE_USER = {"volunteer": "vol", "expert": "exp", "admin": "admin"}
