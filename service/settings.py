@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -186,6 +187,24 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     metrics_token: str = Field(default="", repr=False)
 
+    # Object store (docs/storage.md): photos and trained model versions in an S3-compatible bucket, shared by
+    # every replica, instead of media_dir and trained_models_dir. s3://bucket or s3://bucket/prefix; empty
+    # (the default): the local folders. Credentials: s3_access_key_id/s3_secret_access_key, else boto3's
+    # usual AWS_* variables and files. s3_endpoint_url: MinIO, Ceph, ... (empty: AWS).
+    object_store_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = Field(default="", repr=False)
+    s3_secret_access_key: str = Field(default="", repr=False)
+    # Short timeouts and few attempts: a store that is down gives a 503 (Retry-After below) within seconds.
+    object_store_connect_timeout: float = Field(default=2.0, gt=0, le=120)
+    object_store_read_timeout: float = Field(default=10.0, gt=0, le=600)
+    object_store_max_attempts: int = Field(default=2, ge=1, le=10)
+    object_store_retry_after: int = Field(default=5, ge=1, le=3600)
+    # Where a replica keeps the trained model versions it downloaded from the object store; default
+    # data_dir/model-cache.
+    model_cache_dir: Path | None = None
+
     log_level: str = "INFO"
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
@@ -200,6 +219,14 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("object_store_url")
+    @classmethod
+    def _check_object_store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.+\-/]*)?", value):
+            raise ValueError(f"object_store_url {value!r}: expected s3://bucket or s3://bucket/prefix")
         return value
 
     @model_validator(mode="after")
@@ -228,6 +255,11 @@ class Settings(BaseSettings):
     def trained_models_path(self) -> Path:
         """The folder of trained model versions (``trained_models_dir``, else data_dir/models)."""
         return self.trained_models_dir if self.trained_models_dir is not None else self.data_dir / "models"
+
+    @property
+    def model_cache_path(self) -> Path:
+        """Trained model versions downloaded from the object store (``model_cache_dir``, else data_dir/model-cache)."""
+        return self.model_cache_dir if self.model_cache_dir is not None else self.data_dir / "model-cache"
 
     @property
     def jobs_path(self) -> Path:
