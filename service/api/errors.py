@@ -102,6 +102,9 @@ def register_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(PollinidError)
     async def _domain(_: Request, exc: PollinidError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        retry_after = getattr(exc, "retry_after", None)  # a 503 that says when to come back
+        if retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(int(retry_after))}
         return JSONResponse(error_body(exc.code, exc.message, exc.detail), status_code=exc.status_code,
                             headers=headers)
 
