@@ -40,11 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         await attach_trained_models(app.state.registry, settings.trained_models_path)
         from service.observations.taxa import install_taxa_sync
+        from service.store.objects import StorageUnavailable, media_store
         from service.store.storage import clean_orphans
 
         install_taxa_sync(app.state)  # taxa of the model cards, now and on every swap
-        clean_orphans(app.state.sessionmaker, settings.media_path,  # photos left by a crashed upload
-                      grace_seconds=settings.orphan_grace_seconds)
+        try:  # photos left by a crashed upload (the local folder or the object store)
+            clean_orphans(app.state.sessionmaker, media_store(settings), grace_seconds=settings.orphan_grace_seconds)
+        except StorageUnavailable as exc:  # serve anyway: /identify needs no store; the next start cleans
+            logger.warning("orphan photos not cleaned at start: %s", exc.message)
         from service.store.housekeeping import start_housekeeping, stop_housekeeping, tune_allocator
 
         tune_allocator(settings)  # large upload buffers go back to the system when freed
