@@ -1,8 +1,9 @@
 """Observations stored: create one (atomically, once per idempotency key), find it, read it, edit it.
 
-Creating one is atomic: the photos are written content-addressed (see :mod:`service.store.storage`), the rows
-are inserted, and the transaction commits; on any failure the rows are rolled back and the files this
-request created are removed (unless another committed observation now uses them).
+Creating one is atomic: the photos are written content-addressed (see :mod:`service.store.storage`: the local
+media folder or the object store), the rows are inserted, and the transaction commits; on any failure the rows
+are rolled back and the objects this request created are removed (unless another committed observation now
+uses them). An object store that is down fails the upload with a 503 before anything is committed.
 
 The other rooms of an observation: :mod:`~service.observations.photos` (uploads, decoding, EXIF),
 :mod:`~service.observations.metadata` (the fields and their checks), :mod:`~service.observations.prediction`
@@ -16,7 +17,6 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -40,6 +40,7 @@ from service.observations.prediction import PredictionFields, prediction_columns
 from service.observations.taxa import resolve_taxon
 from service.settings import Settings
 from service.store import storage
+from service.store.objects import media_store
 from service.store.tables import Observation, Photo, User, utcnow
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def create_observation(
         resolved = resolve_metadata(session, meta, photos)
         session.rollback()  # end the read transaction before the slow part
 
-    root: Path = settings.media_path
+    root = media_store(settings)  # the local media folder, or the object store's media/
     blobs = {p.sha256: p.data for p in photos}
     created_files: list[str] = []
     try:

@@ -1,24 +1,29 @@
-"""Content-addressed photo storage: ``<media>/<sha[:2]>/<sha256>``, one file per distinct photo.
+"""Content-addressed photo storage: one object per distinct photo, key ``<sha[:2]>/<sha256>``.
 
-Files are written to a temporary name, fsynced and renamed, so a reader never sees half a photo. The
-database decides which files must exist: a photo row refers to a file by its sha256. Writers and the
-cleaners agree through a lock per sha256 (a PostgreSQL advisory lock; SQLite's write transaction is
-already exclusive), taken in the transaction that inserts the rows:
+The objects live in an :class:`~service.store.objects.ObjectStore`: the local media folder
+(``<media>/<sha[:2]>/<sha256>``, the default) or ``<bucket>/<prefix>/media/`` of an S3-compatible store
+(:func:`service.store.objects.media_store`). An object is visible only once complete (a local file is
+written to a temporary name, fsynced and renamed; an S3 ``PutObject`` is atomic), so a reader never sees
+half a photo. The database decides which objects must exist: a photo row refers to one by its sha256.
+Writers and the cleaners agree through a lock per sha256 (a PostgreSQL advisory lock, shared by every
+replica of one database; SQLite's write transaction is already exclusive), taken in the transaction that
+inserts the rows:
 
-* an upload writes its files, inserts its rows, then, holding the locks, re-creates any file that a
+* an upload writes its objects, inserts its rows, then, holding the locks, re-creates any object that a
   cleaner removed meanwhile, and commits;
-* a failed upload, and the start-up cleaner, delete a file only while holding its lock and only if no
+* a failed upload, and the start-up cleaner, delete an object only while holding its lock and only if no
   committed row refers to it.
 
-So an acknowledged observation always has its files, and a failed one leaves no file behind.
+So an acknowledged observation always has its objects, and a failed one leaves none behind. A store that
+is down raises :class:`~service.store.objects.StorageUnavailable` before anything is committed.
+
+The functions take the store, or a local folder (a :class:`~pathlib.Path`, taken as a local store).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,12 +32,15 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.errors import InvalidRequest
+from service.store.objects import TMP_PREFIX, LocalStore, ObjectStore, fsync_dir
 from service.store.tables import Photo
 
 logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-TMP_PREFIX = ".tmp-"
+__all__ = ["TMP_PREFIX", "check_sha256", "clean_orphans", "clean_temporary", "ensure_media", "lock_media",
+           "media_file", "media_key", "referenced", "remove_unreferenced", "write_media"]
+_fsync_dir = fsync_dir  # the name this module had
 
 
 def check_sha256(value: str) -> str:
@@ -42,42 +50,29 @@ def check_sha256(value: str) -> str:
     return value
 
 
-def media_file(root: Path, sha256: str) -> Path:
-    """Where the photo with this sha256 lives."""
+def media_key(sha256: str) -> str:
+    """The object key of the photo with this sha256: ``<sha[:2]>/<sha256>``."""
     sha256 = check_sha256(sha256)
-    return root / sha256[:2] / sha256
+    return f"{sha256[:2]}/{sha256}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+def media_file(root: Path, sha256: str) -> Path:
+    """Where the photo with this sha256 lives in the local media folder ``root``."""
+    return root / media_key(sha256)
 
 
-def write_media(root: Path, sha256: str, data: bytes) -> bool:
-    """Store ``data`` under its sha256 unless it is already there. Returns True when a file was created."""
-    target = media_file(root, sha256)
-    if target.exists():
+def as_store(root: ObjectStore | Path) -> ObjectStore:
+    """``root`` itself, or a local store over the folder ``root``."""
+    return root if isinstance(root, ObjectStore) else LocalStore(Path(root))
+
+
+def write_media(root: ObjectStore | Path, sha256: str, data: bytes) -> bool:
+    """Store ``data`` under its sha256 unless it is already there. Returns True when an object was created."""
+    store = as_store(root)
+    key = media_key(sha256)
+    if store.exists(key):
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    store.put(key, data)
     return True
 
 
@@ -96,12 +91,13 @@ def lock_media(session: Session, shas: Iterable[str]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(sha)})
 
 
-def ensure_media(root: Path, blobs: Mapping[str, bytes]) -> None:
-    """Re-create any of ``blobs`` whose file is missing (call while holding their locks)."""
+def ensure_media(root: ObjectStore | Path, blobs: Mapping[str, bytes]) -> None:
+    """Re-create any of ``blobs`` whose object is missing (call while holding their locks)."""
+    store = as_store(root)
     for sha, data in blobs.items():
-        if not media_file(root, sha).exists():
-            logger.info("re-creating media file %s removed by a concurrent cleaner", sha)
-            write_media(root, sha, data)
+        if not store.exists(media_key(sha)):
+            logger.info("re-creating media object %s removed by a concurrent cleaner", sha)
+            store.put(media_key(sha), data)
 
 
 def referenced(session: Session, shas: Iterable[str]) -> set[str]:
@@ -111,8 +107,9 @@ def referenced(session: Session, shas: Iterable[str]) -> set[str]:
     return set(session.scalars(select(Photo.sha256).where(Photo.sha256.in_(wanted)).distinct()))
 
 
-def remove_unreferenced(factory: sessionmaker[Session], root: Path, shas: Iterable[str]) -> int:
-    """Delete the files of ``shas`` that no committed photo row refers to. Returns how many were deleted."""
+def remove_unreferenced(factory: sessionmaker[Session], root: ObjectStore | Path, shas: Iterable[str]) -> int:
+    """Delete the objects of ``shas`` that no committed photo row refers to. Returns how many were deleted."""
+    store = as_store(root)
     wanted = sorted(set(shas))
     if not wanted:
         return 0
@@ -122,25 +119,30 @@ def remove_unreferenced(factory: sessionmaker[Session], root: Path, shas: Iterab
         keep = referenced(session, wanted)
         for sha in wanted:
             if sha not in keep:
-                path = media_file(root, sha)
-                if path.exists():
-                    path.unlink()
+                key = media_key(sha)
+                if store.exists(key):
+                    store.delete(key)
                     removed += 1
     return removed
 
 
-def clean_temporary(root: Path, *, grace_seconds: float = 3600.0) -> int:
+def clean_temporary(root: ObjectStore | Path, *, grace_seconds: float = 3600.0) -> int:
     """Remove temporary files (``.tmp-*``) older than ``grace_seconds`` left by a killed upload.
 
     Run at start and periodically (:mod:`service.store.housekeeping`): a long-running server must not keep
     what a crashed sibling process left. Younger files may be being written now and are left alone.
+    An object store has no temporary objects (a ``PutObject`` is all or nothing): nothing to do.
     Returns how many files were removed.
     """
-    if not root.is_dir():
+    store = as_store(root)
+    if not isinstance(store, LocalStore):
+        return 0
+    folder = store.root
+    if not folder.is_dir():
         return 0
     removed = 0
     cutoff = time.time() - grace_seconds
-    for sub in root.iterdir():
+    for sub in folder.iterdir():
         if not sub.is_dir() or len(sub.name) != 2:
             continue
         for path in sub.iterdir():
@@ -158,27 +160,38 @@ def clean_temporary(root: Path, *, grace_seconds: float = 3600.0) -> int:
     return removed
 
 
-def clean_orphans(factory: sessionmaker[Session], root: Path, *, batch: int = 500,
+def _stored_shas(store: ObjectStore) -> Iterable[str]:
+    if isinstance(store, LocalStore):  # only the two-level layout (not a recursive walk of the folder)
+        if not store.root.is_dir():
+            return
+        for folder in store.root.iterdir():
+            if not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for path in folder.iterdir():
+                if SHA256_RE.fullmatch(path.name) and path.name[:2] == folder.name:
+                    yield path.name
+        return
+    for key in store.list():
+        first, _, sha = key.partition("/")
+        if SHA256_RE.fullmatch(sha) and sha[:2] == first:
+            yield sha
+
+
+def clean_orphans(factory: sessionmaker[Session], root: ObjectStore | Path, *, batch: int = 500,
                   grace_seconds: float = 3600.0) -> int:
-    """Remove temporary files and photos no row refers to (left by a crash). Returns files removed.
+    """Remove temporary files and photos no row refers to (left by a crash). Returns objects removed.
 
     A temporary file younger than ``grace_seconds`` is left alone: another process sharing the media
     folder may be writing it right now (its rename would fail if it were deleted). Complete photos need no
     grace: they are removed under their lock only when no committed row refers to them, and a writer
-    re-creates its files under the same lock before it commits.
+    re-creates its objects under the same lock before it commits (also across replicas sharing a bucket and
+    a PostgreSQL database).
     """
-    if not root.is_dir():
-        return 0
-    removed = clean_temporary(root, grace_seconds=grace_seconds)
-    found: list[str] = []
-    for sub in root.iterdir():
-        if not sub.is_dir() or len(sub.name) != 2:
-            continue
-        for path in sub.iterdir():
-            if SHA256_RE.fullmatch(path.name) and path.name[:2] == sub.name:
-                found.append(path.name)
+    store = as_store(root)
+    removed = clean_temporary(store, grace_seconds=grace_seconds)
+    found = list(_stored_shas(store))
     for i in range(0, len(found), batch):
-        removed += remove_unreferenced(factory, root, found[i : i + batch])
+        removed += remove_unreferenced(factory, store, found[i : i + batch])
     if removed:
-        logger.info("removed %d orphan media files", removed)
+        logger.info("removed %d orphan media objects from %s", removed, store.url)
     return removed

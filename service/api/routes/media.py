@@ -1,9 +1,11 @@
-"""Photos of observations, by sha256."""
+"""Photos of observations, by sha256: streamed from the media store (the local folder or the object store)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from service.accounts import ALL_ROLES
@@ -12,7 +14,8 @@ from service.api.errors import errors
 from service.core.errors import NotFound
 from service.core.imaging import ACCEPTED_FORMATS
 from service.observations.store import can_see_all
-from service.store.storage import check_sha256, media_file
+from service.store.objects import ObjectMissing, media_store
+from service.store.storage import check_sha256, media_key
 from service.store.tables import Observation, Photo
 
 router = APIRouter(prefix="/media", tags=["media"], dependencies=[Depends(require_role(*ALL_ROLES))],
@@ -27,7 +30,7 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
     responses={
         200: {"content": {mime: {} for mime in sorted(set(ACCEPTED_FORMATS.values()))}},
         304: {"description": "not modified (If-None-Match)"},
-        **errors(404, 422),
+        **errors(404, 422, {503: "the object store is unavailable: retry after Retry-After seconds"}),
     },
 )
 def read_media(
@@ -41,12 +44,27 @@ def read_media(
             Observation.observer_id == user.id
         )
     mime = session.scalars(stmt.limit(1)).first()
-    path = media_file(settings.media_path, sha256)
-    if mime is None or not path.is_file():
+    session.rollback()  # end the read before talking to the store
+    if mime is None:
         raise NotFound(f"photo {sha256} not found")
     etag = f'"{sha256}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
     inm = request.headers.get("if-none-match")
     if inm and etag in [t.strip() for t in inm.split(",")]:
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=mime, headers=headers)
+    try:
+        reader = media_store(settings).open(media_key(sha256))  # StorageUnavailable: 503, Retry-After
+    except ObjectMissing:
+        raise NotFound(f"photo {sha256} not found") from None
+    if reader.path is not None:  # a local file: sendfile, ranges
+        reader.close()
+        return FileResponse(reader.path, media_type=mime, headers=headers)
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from reader.chunks
+        finally:
+            reader.close()
+
+    return StreamingResponse(body(), media_type=mime,
+                             headers={**headers, "Content-Length": str(reader.size)})
