@@ -88,3 +88,66 @@ def settings(tmp_path: Path, database_url: str, models_dir: Path) -> Settings:
     """Settings for one test: its own data folder, database and models folder."""
     return Settings(data_dir=tmp_path / "data", database_url=database_url, models_dir=models_dir,
                     max_wait_ms=2.0, retrain_data_roots=[tmp_path])
+
+
+# -- a real S3-protocol server on loopback (moto's standalone server, from PyPI: pure Python, no internet) ----
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The URL of an S3 server (``python -m moto.server``) started for this test session, in its own process."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+S3_CREDENTIALS = {"s3_access_key_id": "testing", "s3_secret_access_key": "testing", "s3_region": "us-east-1"}
+
+
+@pytest.fixture
+def object_store_url(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the session's S3 server: ``s3://<bucket>/pollinid``."""
+    import boto3
+
+    bucket = f"pollinid-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/pollinid"
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_endpoint: str, object_store_url: str) -> Settings:
+    """``settings`` (SQLite and PostgreSQL) with photos and trained models in a fresh bucket."""
+    return settings.model_copy(update={"object_store_url": object_store_url, "s3_endpoint_url": s3_endpoint,
+                                       **S3_CREDENTIALS})
