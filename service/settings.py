@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     rate_limit_per_key: int = Field(default=600, ge=0)
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
     rate_limit_storage: str = "memory://"
+    # Shared rate limits: with a Redis URL (redis://host:6379/0, rediss:// for TLS, redis+unix://) the counters
+    # of every process and replica live in that Redis (it takes precedence over rate_limit_storage), their keys
+    # under redis_key_prefix so that several deployments can share one Redis. A decision waits at most
+    # redis_timeout_seconds for Redis; past it, or with Redis down, each process counts on its own until
+    # Redis answers again (docs/hardening.md).
+    redis_url: str | None = None
+    redis_key_prefix: str = Field(default="pollinid", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    redis_timeout_seconds: float = Field(default=0.2, gt=0, le=10)
     # Addresses (IPs or CIDR networks, comma-separated) of the reverse proxies whose X-Forwarded-For and
     # X-Forwarded-Proto are believed. Empty (the default): forwarded headers are ignored, the client address
     # is the TCP peer's, so a client cannot give itself a fresh per-IP quota with a forged header.
@@ -228,6 +236,14 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[A-Za-z0-9_.+\-/]*)?", value):
             raise ValueError(f"object_store_url {value!r}: expected s3://bucket or s3://bucket/prefix")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value and not re.match(r"(async\+)?(redis|rediss|redis\+unix)://", value):
+            raise ValueError("redis_url: expected redis://host:port/db, rediss://... or redis+unix:///path")
+        return value or None
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -42,6 +42,9 @@ OUT_OF_DISTRIBUTION = Counter("pollinid_out_of_distribution_photos_total",
                               "photos whose energy score was below the model's OOD threshold")
 MODEL_ACTIVE = Gauge("pollinid_model_active", "1 for the model version this process serves",
                      ["name", "version", "provider"], multiprocess_mode="livemax")
+RATE_LIMIT_LOCAL_DECISIONS = Counter(
+    "pollinid_rate_limit_local_decisions_total",
+    "rate-limit decisions made on this process's counters because the shared Redis failed or was slow")
 MODEL_LOADED = Gauge("pollinid_model_loaded", "1 when a model is loaded and identify can answer",
                      multiprocess_mode="livemin")
 

@@ -127,7 +127,8 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
     if settings.rate_limit_enabled and (settings.rate_limit_per_ip > 0 or settings.rate_limit_per_key > 0):
         app.add_middleware(RateLimitMiddleware, per_ip=settings.rate_limit_per_ip,
                            per_key=settings.rate_limit_per_key, window=settings.rate_limit_window_seconds,
-                           storage=settings.rate_limit_storage)
+                           storage=settings.rate_limit_storage, redis_url=settings.redis_url,
+                           redis_key_prefix=settings.redis_key_prefix, redis_timeout=settings.redis_timeout_seconds)
     app.add_middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds)
     if settings.cors_origins:
         app.add_middleware(
