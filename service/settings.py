@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when a CUDA session really works
     intra_op_threads: int = 0  # 0: number of cores
     inter_op_threads: int = 1
+    # Network file on the CPU provider: the card's CPU default variant (auto), model.onnx (fp32) or its int8
+    # variant (int8). CUDA always runs model.onnx.
+    cpu_variant: Literal["auto", "fp32", "int8"] = "auto"
     max_batch: int = 16
     max_wait_ms: float = 5.0
     # Run a batch at once when no other photo is being decoded (a lone request never waits max_wait_ms);

@@ -1,4 +1,4 @@
-"""``pollinid train | evaluate | export | ensemble | predict | fit-answers``.
+"""``pollinid train | evaluate | export | ensemble | predict | fit-answers | quantize``.
 
 This module must import without PyTorch: ``pollinid serve`` builds the whole parser. Torch and the
 training modules are imported inside the command functions only.
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _register_ensemble(subparsers)
     _register_predict(subparsers)
     _register_fit_answers(subparsers)
+    _register_quantize(subparsers)
     from training.replay import register_replay
 
     register_replay(subparsers)  # pollinid replay build
@@ -346,3 +347,71 @@ def cmd_fit_answers(args: argparse.Namespace) -> int:
     answers = fit_answers_for_run(run, model, epochs=args.epochs)
     print(json.dumps({"thresholds": answers["thresholds"], "fit": answers["fit"]}, indent=2, default=str))
     return 0
+
+
+# -- quantize -----------------------------------------------------------------------------------------
+
+
+def _register_quantize(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "quantize",
+        help="write an int8 (static QDQ) variant of a model version when it keeps its accuracy",
+        description="Quantize MODEL/model.onnx to MODEL/model.int8.onnx (ONNX Runtime static QDQ, per-channel "
+        "int8 weights, activations calibrated on training photos), evaluate both on the validation photos "
+        "through the same code path, and record the variant in model.json only when top-1 drops by at "
+        "most --max-top1-drop and ECE rises by at most --max-ece-rise. model.onnx is never changed.",
+    )
+    p.add_argument("--model", required=True, help="model version folder (model.onnx + model.json)")
+    p.add_argument("--data", required=True, action="append",
+                   help="ImageFolder root, CSV manifest or COCO/iNat JSON; give it several times to merge sources")
+    p.add_argument("--calibration-photos", type=int, default=300, help="training photos for calibration")
+    p.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
+    p.add_argument("--split", default="valid", help="split the two networks are compared on")
+    p.add_argument("--method", action="append", choices=["minmax", "percentile", "entropy"],
+                   help="calibration method; give several to try them in order (default minmax)")
+    p.add_argument("--exclude-sensitive", action="store_true",
+                   help="also try keeping the first convolution and the logits' node in float")
+    p.add_argument("--max-top1-drop", type=float, default=0.005)
+    p.add_argument("--max-ece-rise", type=float, default=0.01)
+    p.add_argument("--not-cpu-default", action="store_true",
+                   help="record the variant without making it what the service loads on the CPU")
+    p.add_argument("--dry-run", action="store_true", help="measure only; write nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the result as JSON here")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Run :func:`training.quantize.quantize_version`; exit 0 when shipped (or measured), 1 when missed."""
+    from service.core.modelcard import ModelCard
+    from training.data import load_data
+    from training.quantize import QuantizeError, quantize_version
+
+    folder = Path(args.model)
+    try:
+        card = ModelCard.load(folder)
+    except (OSError, ValueError) as exc:
+        print(f"error: {folder}: no readable model card: {exc}", file=sys.stderr)
+        return 2
+    data = load_data(args.data, classes=card.labels)
+    for split in (args.calibration_split, args.split):
+        if split not in data.splits or not data.splits[split]:
+            print(f"error: no {split!r} split in {args.data}; splits: {sorted(data.splits)}", file=sys.stderr)
+            return 2
+    try:
+        result = quantize_version(
+            folder, data.splits[args.calibration_split], data.splits[args.split],
+            calibration_photos=args.calibration_photos, methods=args.method or ["minmax"],
+            exclude_sensitive=args.exclude_sensitive, max_top1_drop=args.max_top1_drop,
+            max_ece_rise=args.max_ece_rise, cpu_default=not args.not_cpu_default, ship=not args.dry_run,
+            seed=args.seed,
+        )
+    except (QuantizeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    passed = any(a["passed"] for a in result["attempts"])
+    return 0 if passed else 1

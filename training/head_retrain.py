@@ -136,7 +136,7 @@ def run_head(spec: RetrainSpec) -> dict[str, Any]:
     data = card.model_dump(mode="python")
     data.update(version=spec.version, name=spec.name, created=datetime.now(UTC), labels=labels,
                 taxonomy=new_taxonomy, metrics={k: v for k, v in cand_all.items() if k != "per_class"},
-                status=None, status_reason=None)
+                status=None, status_reason=None, variants={})  # the base's int8 file is not this network
     data["training"] = {
         "strategy": "head",
         "base_model": f"{card.name}/{card.version}",

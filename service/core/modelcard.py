@@ -112,6 +112,32 @@ class Calibration(BaseModel):
     answer_fit: dict[str, Any] | None = None
 
 
+class ModelVariant(BaseModel):
+    """Another network file of the same version (e.g. an int8 quantization of ``model.onnx``).
+
+    Same input, labels and calibration as the card; its own file, bound by sha256, and the accuracy it kept
+    on the card's evaluation photos. ``cpu_default``: the service loads it instead of ``model.onnx`` on the
+    CPU execution provider (never on CUDA), unless ``POLLINID_CPU_VARIANT=fp32``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.onnx$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    precision: Literal["int8", "fp16"] = "int8"
+    top1: float | None = Field(None, ge=0, le=1)
+    ece: float | None = Field(None, ge=0, le=1)
+    cpu_default: bool = False
+    quantization: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("file")
+    @classmethod
+    def _not_the_fp32_file(cls, value: str) -> str:
+        if value == ONNX_FILENAME:
+            raise ValueError(f"a variant's file cannot be {ONNX_FILENAME} (the fp32 network)")
+        return value
+
+
 class ModelCard(BaseModel):
     """The contract between training and the service (ARCHITECTURE.md, "Model card")."""
 
@@ -131,6 +157,8 @@ class ModelCard(BaseModel):
     # retired), written by the service into a trained version's card; None: decided by where it lives.
     status: str | None = None
     status_reason: str | None = None
+    # Other network files of this version (``{"int8": ModelVariant}``); ``model.onnx`` is always the reference.
+    variants: dict[str, ModelVariant] = Field(default_factory=dict)
 
     @field_validator("labels")
     @classmethod
@@ -140,6 +168,20 @@ class ModelCard(BaseModel):
         if dupes:
             raise ValueError(f"duplicate labels: {dupes}")
         return labels
+
+    @model_validator(mode="after")
+    def _one_cpu_default(self) -> ModelCard:
+        defaults = sorted(k for k, v in self.variants.items() if v.cpu_default)
+        if len(defaults) > 1:
+            raise ValueError(f"only one variant can be the CPU default; these all are: {defaults}")
+        files = [v.file for v in self.variants.values()]
+        if len(set(files)) != len(files):
+            raise ValueError("two variants name the same file")
+        return self
+
+    def cpu_default_variant(self) -> tuple[str, ModelVariant] | None:
+        """The variant the service loads on the CPU by default, if any."""
+        return next(((k, v) for k, v in self.variants.items() if v.cpu_default), None)
 
     @model_validator(mode="after")
     def _taxonomy_keys(self) -> ModelCard:

@@ -5,6 +5,13 @@ card parses, its ONNX graph loads, the graph's input and output agree with the c
 ``3 x size x size`` with a dynamic batch, one output per label), and a warm-up run on a batch of two
 gives logits of the expected shape. Anything else raises :class:`~service.core.errors.InvalidModel`.
 
+Variants: a card may list other network files of the same version (``variants``, e.g. an int8 QDQ
+quantization, ``model.int8.onnx``). On the CPU execution provider the classifier loads the card's CPU
+default variant when ``cpu_variant`` is ``auto``, the named variant when it is ``int8``, and ``model.onnx``
+when it is ``fp32``; on CUDA it always loads ``model.onnx``. A variant is checked like the fp32 network,
+plus its sha256 against the card. A variant that is missing, altered or broken is an :class:`InvalidModel`
+when it was asked for by name (``int8``); under ``auto`` the fp32 network is loaded instead, with a warning.
+
 Providers: ``cpu``, ``cuda`` or ``auto``. ``auto`` uses CUDA only when onnxruntime-gpu can really create a
 CUDA session (it lists ``CUDAExecutionProvider`` as available even on machines without a GPU or without
 the CUDA libraries); the session's :meth:`~onnxruntime.InferenceSession.get_providers` is the truth.
@@ -12,11 +19,12 @@ the CUDA libraries); the session's :meth:`~onnxruntime.InferenceSession.get_prov
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +32,14 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.errors import InvalidModel
-from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
+from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard, ModelVariant
 from service.core.taxonomy import TaxonTree
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+CPU_VARIANT_CHOICES = ("auto", "fp32", "int8")
+FP32 = "fp32"
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
@@ -50,15 +60,22 @@ class RuntimeOptions:
     providers: str = "auto"
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    # Which network file to run on the CPU: the card's CPU default variant (auto), model.onnx (fp32) or a
+    # named variant (int8). The library default is fp32, the reference (evaluation, retraining gates);
+    # the service's setting (POLLINID_CPU_VARIANT) defaults to auto.
+    cpu_variant: str = FP32
 
     def __post_init__(self) -> None:
         if self.providers.lower() not in PROVIDER_CHOICES:
             raise ValueError(f"unknown providers setting {self.providers!r}; known: {list(PROVIDER_CHOICES)}")
+        if self.cpu_variant.lower() not in CPU_VARIANT_CHOICES:
+            raise ValueError(f"unknown cpu_variant setting {self.cpu_variant!r}; known: {list(CPU_VARIANT_CHOICES)}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> RuntimeOptions:
         return cls(providers=settings.providers, intra_op_threads=settings.intra_op_threads,
-                   inter_op_threads=settings.inter_op_threads)
+                   inter_op_threads=settings.inter_op_threads,
+                   cpu_variant=getattr(settings, "cpu_variant", "auto"))
 
 
 @dataclass(eq=False)
@@ -78,6 +95,7 @@ class Classifier:
     input_name: str
     output_name: str
     tree: TaxonTree
+    variant: str = FP32  # which network file runs: "fp32" (model.onnx) or a card variant's key ("int8")
     loaded_at: float = field(default_factory=time.time)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-model memo (e.g. taxon views)
 
@@ -105,7 +123,8 @@ class Classifier:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "provider": self.provider,
-                "path": str(self.path), "labels": self.card.num_classes, "input_size": self.card.input.size}
+                "variant": self.variant, "path": str(self.path), "labels": self.card.num_classes,
+                "input_size": self.card.input.size}
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -224,13 +243,100 @@ def _check_graph(session: ort.InferenceSession, card: ModelCard) -> tuple[str, s
     return inp.name, out.name
 
 
+def _cpu_certain(opts: RuntimeOptions) -> bool:
+    """Whether ``create_session`` will give a CPU session without trying CUDA."""
+    choice = opts.providers.lower()
+    return choice == "cpu" or _CUDA not in ort.get_available_providers() or (choice == "auto" and
+                                                                           _cuda_works is False)
+
+
+def _wanted_variant(card: ModelCard, opts: RuntimeOptions) -> tuple[str, ModelVariant] | None:
+    """The variant to run on the CPU under ``opts.cpu_variant`` (None: ``model.onnx``)."""
+    choice = opts.cpu_variant.lower()
+    if choice == FP32:
+        return None
+    if choice == "auto":
+        return card.cpu_default_variant()
+    variant = card.variants.get(choice)
+    if variant is None:
+        logger.info("model %s/%s has no %s variant: running %s", card.name, card.version, choice, ONNX_FILENAME)
+        return None
+    return choice, variant
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Opened:
+    session: ort.InferenceSession
+    provider: str
+    input_name: str
+    output_name: str
+    variant: str
+
+
+def _open(path: Path, card: ModelCard, opts: RuntimeOptions, where: str, variant: str = FP32) -> _Opened:
+    """Create, check and warm up a session on one network file of a version."""
+    try:
+        session, provider = create_session(str(path), opts)
+    except ProviderUnavailable:
+        raise
+    except Exception as exc:
+        raise InvalidModel(f"{where}: ONNX Runtime cannot load {path.name}: {exc}") from exc
+    try:
+        input_name, output_name = _check_graph(session, card)
+    except InvalidModel as exc:
+        raise InvalidModel(f"{where}: {path.name}: {exc.message}") from exc
+    # Warm up with a batch of two: allocates buffers, proves the batch dimension is dynamic, and checks
+    # the real output shape (some wrong shapes pass the static checks).
+    size = card.input.size
+    try:
+        warm = session.run([output_name], {input_name: np.zeros((2, 3, size, size), dtype=np.float32)})[0]
+    except Exception as exc:
+        raise InvalidModel(f"{where}: the network fails on a {size}x{size} batch of two: {exc}") from exc
+    if tuple(np.shape(warm)) != (2, card.num_classes):
+        raise InvalidModel(f"{where}: the network returns shape {tuple(np.shape(warm))} for a batch of two; "
+                           f"expected (2, {card.num_classes}) for the card's {card.num_classes} labels")
+    if not np.all(np.isfinite(warm)):
+        raise InvalidModel(f"{where}: the network returns non-finite logits on a blank input")
+    return _Opened(session, provider, input_name, output_name, variant)
+
+
+def _open_variant(folder: Path, card: ModelCard, key: str, variant: ModelVariant, opts: RuntimeOptions
+                  ) -> _Opened | None:
+    """A CPU session on a variant's file; None (with a warning) when it is unfit and was not asked for by name."""
+    where = str(folder)
+    path = folder / variant.file
+    try:
+        if not path.is_file():
+            raise InvalidModel(f"{where}: the card lists the {key} variant {variant.file} but the file is missing")
+        if _sha256(path) != variant.sha256:
+            raise InvalidModel(f"{where}: {variant.file} does not match the card's sha256 for the {key} variant "
+                               "(altered or partly copied)")
+        return _open(path, card, replace(opts, providers="cpu"), where, key)
+    except InvalidModel as exc:
+        if opts.cpu_variant.lower() == key:
+            raise
+        logger.warning("%s; running %s instead", exc.message, ONNX_FILENAME)
+        return None
+
+
 def load_classifier(folder: Path, opts: RuntimeOptions, *, expected: tuple[str, str] | None = None
                     ) -> Classifier:
     """Load, validate and warm up the model in ``folder`` (``model.onnx`` + ``model.json``).
 
+    On the CPU, the card's variant chosen by ``opts.cpu_variant`` (see the module's docstring) runs instead
+    of ``model.onnx``; ``model.onnx`` is loaded and checked whenever the provider may be CUDA.
+
     Args:
         folder: a model version folder, ``<models_dir>/<name>/<version>``.
-        opts: providers and thread counts.
+        opts: providers, thread counts and the CPU variant choice.
         expected: the (name, version) the folder is registered as; the card must say the same.
 
     Raises:
@@ -252,33 +358,22 @@ def load_classifier(folder: Path, opts: RuntimeOptions, *, expected: tuple[str, 
     if expected is not None and (card.name, card.version) != expected:
         raise InvalidModel(f"{where}: the card says {card.name}/{card.version} but the folder is "
                            f"{expected[0]}/{expected[1]}")
-    try:
-        session, provider = create_session(str(onnx_path), opts)
-    except ProviderUnavailable:
-        raise
-    except Exception as exc:
-        raise InvalidModel(f"{where}: ONNX Runtime cannot load {ONNX_FILENAME}: {exc}") from exc
-    try:
-        input_name, output_name = _check_graph(session, card)
-    except InvalidModel as exc:
-        raise InvalidModel(f"{where}: {exc.message}") from exc
-    # Warm up with a batch of two: allocates buffers, proves the batch dimension is dynamic, and checks
-    # the real output shape (some wrong shapes pass the static checks).
+    wanted = _wanted_variant(card, opts)
+    opened: _Opened | None = None
+    if wanted is not None and _cpu_certain(opts):
+        opened = _open_variant(folder, card, *wanted, opts)
+        wanted = None  # tried
+    if opened is None:
+        opened = _open(onnx_path, card, opts, where)
+        if opened.provider == "cpu" and wanted is not None:  # auto found no working CUDA
+            opened = _open_variant(folder, card, *wanted, opts) or opened
+    variant = opened.variant
+    clf = Classifier(name=card.name, version=card.version, path=folder, card=card, session=opened.session,
+                     provider=opened.provider, input_name=opened.input_name, output_name=opened.output_name,
+                     tree=TaxonTree.from_card(card), variant=variant)
     size = card.input.size
-    try:
-        warm = session.run([output_name], {input_name: np.zeros((2, 3, size, size), dtype=np.float32)})[0]
-    except Exception as exc:
-        raise InvalidModel(f"{where}: the network fails on a {size}x{size} batch of two: {exc}") from exc
-    if tuple(np.shape(warm)) != (2, card.num_classes):
-        raise InvalidModel(f"{where}: the network returns shape {tuple(np.shape(warm))} for a batch of two; "
-                           f"expected (2, {card.num_classes}) for the card's {card.num_classes} labels")
-    if not np.all(np.isfinite(warm)):
-        raise InvalidModel(f"{where}: the network returns non-finite logits on a blank input")
-    clf = Classifier(name=card.name, version=card.version, path=folder, card=card, session=session,
-                     provider=provider, input_name=input_name, output_name=output_name,
-                     tree=TaxonTree.from_card(card))
-    logger.info("loaded model %s/%s from %s on %s (%d labels, input %dx%d, threads intra=%s inter=%s) "
-                "in %.0f ms", card.name, card.version, folder, provider, card.num_classes, size, size,
-                opts.intra_op_threads or os.cpu_count(), opts.inter_op_threads,
+    logger.info("loaded model %s/%s (%s) from %s on %s (%d labels, input %dx%d, threads intra=%s inter=%s) "
+                "in %.0f ms", card.name, card.version, variant, folder, opened.provider, card.num_classes, size,
+                size, opts.intra_op_threads or os.cpu_count(), opts.inter_op_threads,
                 (time.perf_counter() - t0) * 1000)
     return clf
