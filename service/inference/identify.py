@@ -111,8 +111,11 @@ async def start_identification(state: Any, settings: Settings) -> None:
     from starlette.formparsers import MultiPartParser
 
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
+    from service.store.objects import model_store
+
     registry = ModelRegistry(settings.models_dir, state.sessionmaker, RuntimeOptions.from_settings(settings),
-                             default_model=settings.default_model)
+                             default_model=settings.default_model, object_store=model_store(settings),
+                             cache_dir=settings.model_cache_path)  # versions shared through the object store
     registry.on_swap(metrics.record_model_swap)
     metrics.MODEL_LOADED.set(0)
     await asyncio.to_thread(registry.start)
