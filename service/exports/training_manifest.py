@@ -3,12 +3,16 @@
 One row per photo of each observation validated at any rank from order down, labelled with the model label
 of its community taxon (else its scientific name), and of each observation the specialists found
 ``not_an_insect`` (label ``no_insect``, rank ``none``).
+
+``path`` is the photo's file in the local media folder, or, with an object store, its ``s3://`` URL; a
+retrain job gives ``media_root``, a local folder it downloads the photos into
+(:func:`service.store.storage.fetch_media`).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +26,8 @@ from service.core.vocabulary import ExportKind, ObservationStatus
 from service.exports.atomic import atomic_write
 from service.exports.lookups import ExportResult, TaxonCache
 from service.settings import Settings
-from service.store.storage import media_file
+from service.store.objects import media_store
+from service.store.storage import media_file, media_key
 from service.store.tables import Observation, Taxon, TaxonLabel
 
 TRAINING_COLUMNS: tuple[str, ...] = ("path", "label", "observation_id", "observer", "rank")
@@ -53,8 +58,19 @@ def _training_label(taxon: Taxon, labels: dict[int, str], labelled_paths: list[s
     return taxon.scientific_name
 
 
+def _photo_path(settings: Settings, media_root: Path | None) -> Callable[[str], str]:
+    if media_root is not None:
+        root = media_root.resolve()
+        return lambda sha: str(media_file(root, sha))
+    store = media_store(settings)
+    if store.is_local:
+        root = settings.media_path.resolve()
+        return lambda sha: str(media_file(root, sha))
+    return lambda sha: f"{store.url}/{media_key(sha)}"
+
+
 def training_rows(
-    session: Session, settings: Settings, *, since: datetime | None = None
+    session: Session, settings: Settings, *, since: datetime | None = None, media_root: Path | None = None
 ) -> Iterator[dict[str, str]]:
     """Rows of the training manifest, one per photo of each observation that gives a training label.
 
@@ -67,7 +83,7 @@ def training_rows(
     for row in session.execute(select(TaxonLabel.taxon_id, TaxonLabel.label).order_by(TaxonLabel.label)):
         labels.setdefault(row.taxon_id, row.label)
     labelled_paths = [t.path for t in session.scalars(select(Taxon).where(Taxon.id.in_(list(labels))))]
-    root = settings.media_path.resolve()
+    photo_path = _photo_path(settings, media_root)
     stmt = select(Observation).where(
         or_(
             and_(Observation.status == ObservationStatus.validated.value, Observation.community_taxon_id.is_not(None)),
@@ -88,7 +104,7 @@ def training_rows(
             label, rank = found, taxon.rank
         for photo in obs.photos:
             yield {
-                "path": str(media_file(root, photo.sha256)),
+                "path": photo_path(photo.sha256),
                 "label": label,
                 "observation_id": str(obs.id),
                 "observer": str(obs.observer_id),
@@ -97,15 +113,20 @@ def training_rows(
 
 
 def write_training_manifest(
-    session: Session, settings: Settings, out: Path, *, since: datetime | None = None
+    session: Session, settings: Settings, out: Path, *, since: datetime | None = None,
+    media_root: Path | None = None,
 ) -> ExportResult:
-    """Write ``path,label,observation_id,observer,rank`` for the photos that give a training label."""
+    """Write ``path,label,observation_id,observer,rank`` for the photos that give a training label.
+
+    ``media_root``: the paths point into this local folder (where a retrain job puts the photos it
+    downloads from the object store) instead of the media store.
+    """
     n = 0
     observations: set[str] = set()
     with atomic_write(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=TRAINING_COLUMNS)
         writer.writeheader()
-        for row in training_rows(session, settings, since=since):
+        for row in training_rows(session, settings, since=since, media_root=media_root):
             writer.writerow(row)
             observations.add(row["observation_id"])
             n += 1

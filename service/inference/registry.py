@@ -10,6 +10,11 @@ default, and activating a candidate, a failed or a retired version needs ``force
 validated (see :func:`service.inference.classifier.load_classifier`) before it can serve: a corrupt or mismatched
 model is refused with :class:`~service.core.errors.InvalidModel` and the process keeps the version it had.
 
+With an object store (``POLLINID_OBJECT_STORE_URL``, :mod:`service.store.model_objects`), trained versions
+are shared through it: a version this process does not have on disk is downloaded into its cache folder
+(``<data_dir>/model-cache``, every file checked against the stored sha256) when it is listed, activated or
+served, and state changes are written into the stored card too. Releases stay local.
+
 Swaps are atomic: the new session is built and warmed up first, then one reference is replaced. A
 request holds the :class:`~service.inference.classifier.Classifier` it started with, so requests in flight finish
 on the old session. Each process polls the database (:meth:`ModelRegistry.sync`) and picks up an
@@ -18,10 +23,11 @@ activation made by another process.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ from service.core.errors import Conflict, InvalidModel, InvalidRequest, NotFound
 from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
 from service.inference.classifier import Classifier, ProviderUnavailable, RuntimeOptions, load_classifier
 from service.inference.versions import DEFAULT_STATES, FORCE_STATES, Origin, VersionState, disk_state, write_card_state
+from service.store.model_objects import CorruptVersion, fetch_version, stored_versions, update_file
+from service.store.objects import ObjectStore, StorageUnavailable
 from service.store.tables import ModelActivation, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ class ModelEntry:
     card: ModelCard | None
     error: str | None = None
     origin: str = Origin.release.value
+    remote: bool = False  # a copy of a version in the object store, in this process's cache folder
 
     @property
     def key(self) -> tuple[str, str]:
@@ -114,12 +123,17 @@ class ModelRegistry:
             model name is activated (else of any model).
         trained_dir: the folder retrain jobs write their versions into (scanned as well); trained versions
             recorded in the database are found through their rows in any case.
+        object_store: where trained versions are shared between hosts (``models/`` of the object store), or
+            None; ``cache_dir`` is where this process keeps the versions it downloads from it.
     """
 
     def __init__(self, models_dir: Path, sessionmaker: sessionmaker[Session], options: RuntimeOptions, *,
-                 default_model: str | None = None, trained_dir: Path | None = None) -> None:
+                 default_model: str | None = None, trained_dir: Path | None = None,
+                 object_store: ObjectStore | None = None, cache_dir: Path | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.trained_dir = Path(trained_dir) if trained_dir is not None else None
+        self.object_store = object_store
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.sessionmaker = sessionmaker
         self.options = options
         self.default_model = default_model
@@ -179,6 +193,7 @@ class ModelRegistry:
             if (folder / ONNX_FILENAME).is_file() and folder.resolve() not in seen:
                 trained.append(read_entry(folder, Origin.trained.value))
                 seen.add(folder.resolve())
+        trained += self._stored_entries({e.key for e in releases + trained})
         release_keys = {e.key for e in releases}
         entries = list(releases)
         for entry in trained:
@@ -198,6 +213,63 @@ class ModelRegistry:
             self._ensure_row(entry)
         return self.entries
 
+    def _fetch(self, name: str, version: str, manifest: dict[str, Any] | None = None) -> Path | None:
+        """The cached copy of a stored version (downloaded when missing or stale), None if not stored.
+
+        Raises:
+            InvalidModel: the stored files do not match their sha256.
+            StorageUnavailable: the object store is down.
+        """
+        if self.object_store is None or self.cache_dir is None:
+            return None
+        try:
+            return fetch_version(self.object_store, name, version, self.cache_dir, manifest=manifest)
+        except CorruptVersion as exc:
+            raise InvalidModel(str(exc)) from exc
+
+    def _stored_entries(self, known: set[tuple[str, str]]) -> list[ModelEntry]:
+        """The object store's versions that no local folder holds, from this process's cache."""
+        if self.object_store is None or self.cache_dir is None:
+            return []
+        try:
+            keys = stored_versions(self.object_store)
+        except StorageUnavailable as exc:
+            logger.warning("cannot list the model versions of the object store: %s", exc.message)
+            return []
+        out = []
+        for key in keys:
+            if key in known:
+                continue
+            try:
+                folder = self._fetch(*key)
+            except (StorageUnavailable, InvalidModel) as exc:
+                logger.warning("model %s/%s of the object store not fetched: %s", *key, exc.message)
+                continue
+            if folder is not None:
+                out.append(replace(read_entry(folder, Origin.trained.value), remote=True))
+        return out
+
+    def _store_state(self, name: str, version: str, state: str, reason: str | None) -> None:
+        """Write a trained version's state into its card in the object store (the database stays the truth)."""
+        if self.object_store is None:
+            return
+
+        def change(data: bytes) -> bytes:
+            card = json.loads(data)
+            card["status"], card["status_reason"] = state, reason
+            return (json.dumps(card, indent=2) + "\n").encode()
+
+        try:
+            update_file(self.object_store, name, version, CARD_FILENAME, change)
+        except (StorageUnavailable, ValueError) as exc:
+            logger.warning("state of model %s/%s not written to the object store: %s", name, version, exc)
+
+    def _local_folder(self, name: str, version: str, row_path: str) -> Path:
+        for entry in self.entries:
+            if entry.key == (name, version) and entry.remote:
+                return entry.path
+        return Path(row_path)
+
     def _ensure_row(self, entry: ModelEntry) -> None:
         assert entry.card is not None
         card_json = entry.card.model_dump(mode="json")
@@ -210,9 +282,12 @@ class ModelRegistry:
                                              active=False, card=card_json, origin=entry.origin,
                                              state=disk_state(entry.card, entry.path, entry.origin),
                                              state_changed_at=datetime.now(UTC)))
-                elif (row.path != str(entry.path) or row.card != card_json or row.state is None
-                      or row.origin != entry.origin):
-                    row.path, row.card, row.origin = str(entry.path), card_json, entry.origin
+                elif ((row.path != str(entry.path) and not entry.remote) or row.card != card_json
+                      or row.state is None or row.origin != entry.origin):
+                    # A cached copy of a stored version keeps the row's path (the host that trained it).
+                    if not entry.remote:
+                        row.path = str(entry.path)
+                    row.card, row.origin = card_json, entry.origin
                     if row.state is None:  # a row registered before states existed
                         row.state = disk_state(entry.card, entry.path, entry.origin)
                         row.state_changed_at = datetime.now(UTC)
@@ -244,6 +319,9 @@ class ModelRegistry:
             path = None
         if path and (Path(path) / ONNX_FILENAME).is_file():
             return Path(path)
+        fetched = self._fetch(name, version)  # a version shared through the object store
+        if fetched is not None:
+            return fetched
         return self.models_dir / name / version
 
     def _load(self, name: str, version: str) -> Classifier:
@@ -318,8 +396,10 @@ class ModelRegistry:
                 target.state_changed_at = datetime.now(UTC)
             folder_path, origin = Path(target.path), target.origin
         if promoted and origin == Origin.trained:
-            write_card_state(folder_path, VersionState.released.value, reason=reason or
-                             "activated after passing its gate")
+            why = reason or "activated after passing its gate"
+            write_card_state(self._local_folder(name, version, str(folder_path)), VersionState.released.value,
+                             reason=why)
+            self._store_state(name, version, VersionState.released.value, why)
         if force and state in FORCE_STATES:
             logger.warning("model %s/%s activated by force although it is %s (user %s): %s", name, version, state,
                            user_id, reason)
@@ -356,9 +436,10 @@ class ModelRegistry:
             if state == VersionState.retired and row.active:
                 raise Conflict(f"model {name}/{version} is active: activate another version before retiring it")
             row.state, row.state_reason, row.state_changed_at = state, reason, datetime.now(UTC)
-            folder, origin = Path(row.path), row.origin
+            folder, origin = self._local_folder(name, version, row.path), row.origin
         if origin == Origin.trained:
             write_card_state(folder, state, reason=reason)
+            self._store_state(name, version, state, reason)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> Classifier | None:
@@ -373,16 +454,18 @@ class ModelRegistry:
             try:
                 self._swap(self._load(*active), "active in the database")
                 return self._current
-            except (InvalidModel, NotFound) as exc:
-                self._failed[active] = exc.message
+            except (InvalidModel, NotFound, StorageUnavailable) as exc:
+                if not isinstance(exc, StorageUnavailable):  # the store may be back at the next poll
+                    self._failed[active] = exc.message
                 self.last_error = exc.message
                 logger.error("the active model %s/%s cannot be served: %s; falling back to the newest valid "
                              "model without changing the database", active[0], active[1], exc.message)
         for entry in self._candidates():
             try:
                 clf = self._load(entry.name, entry.version)
-            except (InvalidModel, NotFound) as exc:
-                self._failed[entry.key] = exc.message
+            except (InvalidModel, NotFound, StorageUnavailable) as exc:
+                if not isinstance(exc, StorageUnavailable):
+                    self._failed[entry.key] = exc.message
                 self.last_error = exc.message
                 logger.error("model %s/%s refused: %s", entry.name, entry.version, exc.message)
                 continue
@@ -393,7 +476,7 @@ class ModelRegistry:
                     try:
                         self._swap(self._load(*winner), "activated by another process")
                         return self._current
-                    except (InvalidModel, NotFound) as exc:
+                    except (InvalidModel, NotFound, StorageUnavailable) as exc:
                         logger.error("model %s/%s activated elsewhere cannot be served here: %s",
                                      winner[0], winner[1], exc.message)
                 self._swap(clf, "no model was active: activated the newest valid version"
@@ -483,6 +566,10 @@ class ModelRegistry:
                 return False
             try:
                 clf = self._load(*active)
+            except StorageUnavailable as exc:  # try again at the next poll
+                logger.warning("model %s/%s was activated but the object store is unavailable: %s", active[0],
+                               active[1], exc.message)
+                return False
             except (InvalidModel, NotFound) as exc:
                 self._failed[active] = exc.message
                 self.last_error = exc.message

@@ -14,6 +14,11 @@ The training itself runs in a child process (``python -m training.worker_entry s
    (:mod:`service.jobs.gate`) to the two metric sets the child measured, writes ``gate.json`` next to the
    model, and activates the candidate when ``auto_activate`` is set and it passed.
 
+With an object store (``POLLINID_OBJECT_STORE_URL``), :func:`prepare` downloads the photos of the manifest
+into the attempt's folder (the child reads local files) and the active version into the model cache, and
+:func:`complete` uploads the exported version (:func:`service.store.model_objects.upload_version`) before it
+is registered, so that every replica can load it.
+
 :class:`RetrainHandler` is the worker's handle on these steps (:mod:`service.jobs.handlers`).
 """
 
@@ -45,6 +50,9 @@ from service.jobs.params import RetrainCreate, RetrainParams
 from service.jobs.protocol import RESULT_FILENAME, SPEC_FILENAME, RetrainSpec
 from service.jobs.retrain_plan import plan_retrain, replay_kit
 from service.settings import Settings
+from service.store.model_objects import fetch_version, read_manifest, upload_version
+from service.store.objects import media_store, model_store
+from service.store.storage import fetch_media
 from service.store.tables import ModelVersion, Taxon, TaxonLabel
 
 logger = logging.getLogger(__name__)
@@ -138,7 +146,9 @@ def check_request(body: RetrainCreate, *, session: Session, settings: Settings) 
         exists = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name,
                                                               ModelVersion.version == body.version))
         folders = (settings.models_dir / name / body.version, settings.trained_models_path / name / body.version)
-        if exists is not None or any(f.exists() for f in folders):
+        store = model_store(settings)
+        if (exists is not None or any(f.exists() for f in folders)
+                or (store is not None and read_manifest(store, name, body.version) is not None)):
             raise Conflict(f"model {name}/{body.version} already exists; choose another version")
     params = RetrainParams.model_validate({
         **body.model_dump(),
@@ -238,10 +248,17 @@ def prepare(job_id: int, params: RetrainParams, *, factory: sessionmaker[Session
     with factory() as session:
         if params.include_observations:
             manifest = work_dir / "observations.csv"
-            exported = write_training_manifest(session, settings, manifest, since=params.observations_since)
+            photo_store = media_store(settings)
+            # The child reads local files: photos in an object store are fetched into this attempt's folder.
+            media_root = None if photo_store.is_local else work_dir / "photos"
+            exported = write_training_manifest(session, settings, manifest, since=params.observations_since,
+                                               media_root=media_root)
             observations, photos = exported.records, exported.media
             with manifest.open(newline="", encoding="utf-8") as fh:
-                labels = {row["label"] for row in csv.DictReader(fh)}
+                manifest_rows = list(csv.DictReader(fh))
+            labels = {row["label"] for row in manifest_rows}
+            if media_root is not None:
+                fetch_media(photo_store, {Path(row["path"]).name for row in manifest_rows}, media_root)
             taxonomy = work_dir / "observations_taxonomy.csv"
             rows = observation_taxonomy(session, labels)
             with taxonomy.open("w", newline="", encoding="utf-8") as fh:
@@ -259,6 +276,12 @@ def prepare(job_id: int, params: RetrainParams, *, factory: sessionmaker[Session
     existing += _versions_on_disk([settings.models_dir], name)
     version = _reserve_version(settings.trained_models_path, name, params.version, existing, job_id)
     active_folder = None
+    if active is not None and not (Path(active[2]) / ONNX_FILENAME).is_file():
+        store = model_store(settings)  # trained on another host: this worker's cached copy
+        fetched = (fetch_version(store, active[0], active[1], settings.model_cache_path)
+                   if store is not None else None)
+        if fetched is not None:
+            active = (active[0], active[1], str(fetched))
     if active is not None and (Path(active[2]) / ONNX_FILENAME).is_file():
         active_folder = str(Path(active[2]).resolve())
     strategy = params.plan.get("strategy", "train")
@@ -338,8 +361,12 @@ def complete(spec: RetrainSpec, child: dict[str, Any], params: RetrainParams, *,
     reason = "; ".join(decision["reasons"][:3])
     # The state goes into the card first, so that a fresh database reads it from disk too.
     write_card_state(folder, state.value, reason=reason)
+    store = model_store(settings)
+    if store is not None:  # shared before it is registered: a row never names a version other hosts lack
+        upload_version(store, folder, name, version)
     options = RuntimeOptions(providers="cpu", intra_op_threads=1)
-    registry = ModelRegistry(settings.models_dir, factory, options, trained_dir=settings.trained_models_path)
+    registry = ModelRegistry(settings.models_dir, factory, options, trained_dir=settings.trained_models_path,
+                             object_store=store, cache_dir=settings.model_cache_path)
     registry.scan()  # registers the new version's row (its card is read, not yet loaded)
     registry.set_state(name, version, state.value, reason=reason)
     activated = False

@@ -32,14 +32,14 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.errors import InvalidRequest
-from service.store.objects import TMP_PREFIX, LocalStore, ObjectStore, fsync_dir
+from service.store.objects import TMP_PREFIX, LocalStore, ObjectMissing, ObjectStore, fsync_dir
 from service.store.tables import Photo
 
 logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-__all__ = ["TMP_PREFIX", "check_sha256", "clean_orphans", "clean_temporary", "ensure_media", "lock_media",
-           "media_file", "media_key", "referenced", "remove_unreferenced", "write_media"]
+__all__ = ["TMP_PREFIX", "check_sha256", "clean_orphans", "clean_temporary", "ensure_media", "fetch_media",
+           "lock_media", "media_file", "media_key", "referenced", "remove_unreferenced", "write_media"]
 _fsync_dir = fsync_dir  # the name this module had
 
 
@@ -195,3 +195,32 @@ def clean_orphans(factory: sessionmaker[Session], root: ObjectStore | Path, *, b
     if removed:
         logger.info("removed %d orphan media objects from %s", removed, store.url)
     return removed
+
+
+def fetch_media(root: ObjectStore | Path, shas: Iterable[str], dest: Path) -> int:
+    """Copy the photos ``shas`` from the store into the local folder ``dest`` (same layout), skipping those
+    already there; each file is written to a temporary name and renamed. Returns how many were copied.
+
+    A retrain job's child reads local files: with an object store, its photos are fetched into its work
+    folder first. A photo no longer in the store is skipped (logged): its row went away meanwhile.
+    """
+    store = as_store(root)
+    copied = 0
+    for sha in sorted(set(shas)):
+        target = media_file(dest, sha)
+        if target.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{TMP_PREFIX}{sha}"
+        try:
+            store.download(media_key(sha), tmp)
+        except ObjectMissing:
+            logger.warning("photo %s is not in %s: left out", sha, store.url)
+            tmp.unlink(missing_ok=True)
+            continue
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(target)
+        copied += 1
+    return copied
