@@ -324,6 +324,10 @@ class ModelRegistry:
             return fetched
         return self.models_dir / name / version
 
+    def folder(self, name: str, version: str) -> Path:
+        """The local folder of ``name/version`` (a stored version is fetched into the cache first)."""
+        return self._folder(name, version)
+
     def _load(self, name: str, version: str) -> Classifier:
         folder = self._folder(name, version)
         if not (folder / ONNX_FILENAME).is_file():

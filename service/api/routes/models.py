@@ -152,8 +152,9 @@ async def activate_model(version: str, session: SessionDep, registry: RegistryDe
 
 
 @router.get("/{name}/{version}/files/{filename}", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}, "application/json": {}}}, **errors(404, 422)})
-def read_model_file(name: str, version: str, filename: str, session: SessionDep) -> FileResponse:
+            responses={200: {"content": {"image/png": {}, "application/json": {}}}, **errors(404, 422, 503)})
+def read_model_file(name: str, version: str, filename: str, session: SessionDep,
+                    registry: RegistryDep) -> FileResponse:
     """A report file of a version: confusion.png, reliability.png, report.json, report.md, gate.json."""
     if filename not in REPORT_FILES:
         raise NotFound(f"unknown report file {filename!r}; known: {sorted(REPORT_FILES)}")
@@ -163,6 +164,8 @@ def read_model_file(name: str, version: str, filename: str, session: SessionDep)
     if row is None:
         raise NotFound(f"model {name}/{version} not found")
     path = Path(row.path) / filename
+    if not path.is_file():  # trained on another host: this host's copy from the object store
+        path = registry.folder(name, version) / filename
     if not path.is_file():
         raise NotFound(f"model {name}/{version} has no {filename}")
     return FileResponse(path, media_type=REPORT_FILES[filename])

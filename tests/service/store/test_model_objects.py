@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service import accounts
 from service.api.app import create_app
 from service.core.errors import InvalidModel
 from service.inference.classifier import RuntimeOptions
@@ -97,6 +98,11 @@ def test_a_version_trained_on_one_host_is_served_by_another(s3_settings: Setting
         r = cb.post("/api/v1/identify", files=[("photos", ("a.jpg", photo_bytes(), "image/jpeg"))])
         assert r.status_code == 200, r.text
         assert (r.json()["model"]["name"], r.json()["model"]["version"]) == ("tiny", "2")
+        with cb.app.state.sessionmaker() as session:
+            _, key = accounts.create_user(session=session, settings=b, name="admin", role="admin")
+            session.commit()
+        gate = cb.get("/api/v1/admin/models/tiny/2/files/gate.json", headers={"Authorization": f"Bearer {key}"})
+        assert gate.status_code == 200 and gate.json()["passed"] is True  # the cached copy's report
         listed = {(v["name"], v["version"]): v for v in registry.list_versions()}
         assert listed[("tiny", "2")]["error"] is None and listed[("tiny", "2")]["loaded"] is True
         # B activates the release again and retires tiny/2: the stored card follows the state.
