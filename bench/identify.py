@@ -2,6 +2,11 @@
 
     python bench/identify.py                      # self-exported EfficientNet-Lite0 (ImageNet weights)
     python bench/identify.py --model models/lepidoptera100/1 --torch-checkpoint runs/x/best.pt
+    python bench/identify.py --variants --model models/pollinators/1   # fp32 vs int8 with wrk, and the bound
+
+``--variants`` (the card must list an int8 variant: ``pollinid quantize``) runs a different bench, see
+:func:`run_variants`: an fp32 and an int8 service driven by ``wrk`` (a C load generator, so that the client
+does not eat the cores it measures), and this machine's bound in the same run. Otherwise:
 
 What it does, in one run:
 
@@ -276,6 +281,195 @@ def row(name: str, run: Run) -> str:
             f"{run.pct(99):.0f} | {run.photos_per_s:.1f} |")
 
 
+# -- fp32 and int8 side by side (--variants) -----------------------------------------------------------
+
+
+@dataclass
+class WrkTotal:
+    """wrk runs of one scenario added up (percentiles: one per run, their median is reported)."""
+
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    percentiles_ms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run_wrk(url: str, photo: Path, *, connections: int, seconds: float, threads: int = 1) -> dict[str, float]:
+    """One wrk run posting ``photo``; photos/s counts only 2xx answers."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk not found (apt-get install wrk)")
+    cmd = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "120s",
+           "-s", str(ROOT / "bench" / "identify_wrk.lua"), url]
+    out = subprocess.run(cmd, env={**os.environ, "BENCH_PHOTO": str(photo)}, capture_output=True, text=True,
+                         timeout=seconds + 180, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    r = json.loads(line.removeprefix("WRK_JSON "))
+    errors = r["non2xx"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+    r["errors"] = errors
+    r["ok"] = r["requests"] - r["non2xx"]
+    r["seconds"] = r["duration_us"] / 1e6
+    return r
+
+
+def _bound_worker(onnx_path: str, card_path: str, photo: str, seconds: float, barrier: Any, out: Any) -> None:
+    """One core's worth of the service's work without HTTP: reduced-size decode, preprocess, ONNX Runtime."""
+    sys.path.insert(0, str(ROOT))
+    from service.core.imaging import decode_image
+    from service.core.modelcard import ModelCard
+    from service.core.preprocess import decode_min_side, preprocess
+    from service.inference.classifier import RuntimeOptions, create_session
+
+    spec = ModelCard.load(Path(card_path)).input
+    session, _ = create_session(onnx_path, RuntimeOptions(providers="cpu", intra_op_threads=1,
+                                                          inter_op_threads=1))
+    data = Path(photo).read_bytes()
+
+    def once() -> None:
+        img = decode_image(data, min_side=decode_min_side(spec)).image
+        session.run([spec.output_name], {spec.input_name: preprocess(img, spec)[None]})
+
+    for _ in range(3):
+        once()
+    barrier.wait()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        once()
+        n += 1
+    out.put((n, time.perf_counter() - t0))
+
+
+def machine_bound(onnx_path: Path, card_path: Path, photo: Path, seconds: float, processes: int) -> float:
+    """Photos/s of ``processes`` processes each decoding (at reduced size) and classifying one photo at a time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_bound_worker, args=(str(onnx_path), str(card_path), str(photo), seconds,
+                                                     barrier, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=seconds + 300) for _ in procs]
+    for p in procs:
+        p.join(30)
+    return sum(n / t for n, t in results)
+
+
+def run_variants(args: argparse.Namespace) -> int:
+    """fp32 and int8 services (one uvicorn worker each, ``POLLINID_CPU_VARIANT``) under wrk, and the bound.
+
+    Both services are started at once but driven one at a time, in ``--rounds`` alternating windows per
+    photo (the machine is shared: load from elsewhere hits both alike); then the bound of each variant:
+    one process per core, each decoding at reduced size and running ONNX Runtime on one thread, no HTTP.
+    """
+    from service.core.modelcard import ModelCard
+
+    if args.model is None:
+        raise SystemExit("--variants needs --model (a folder whose card lists an int8 variant)")
+    card = ModelCard.load(args.model)
+    if "int8" not in card.variants:
+        raise SystemExit(f"{args.model}: the card lists no int8 variant (pollinid quantize writes one)")
+    workdir = Path(tempfile.mkdtemp(prefix="pollinid-bench-variants-"))
+    processes = args.bound_processes or os.cpu_count() or 1
+    results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                                          f"Python {platform.python_version()}",
+                               "wrk": f"-t 1 -c {args.concurrency}", "rounds": args.rounds}
+    servers: list[Server] = []
+    try:
+        served = workdir / "models" / card.name / card.version
+        served.parent.mkdir(parents=True)
+        shutil.copytree(args.model, served)
+        source = FIXTURES / "peacock.jpg"
+        photos = {"12-MP (4000x3000)": make_photo(source, (4000, 3000), 2),
+                  "1024-px (1024x768)": make_photo(source, (1024, 768), 1)}
+        files = {}
+        for i, (name, data) in enumerate(photos.items()):
+            files[name] = workdir / f"photo{i}.jpg"
+            files[name].write_bytes(data)
+            print(f"photo {name}: {len(data) / 1e6:.2f} MB (tests/fixtures/peacock.jpg upscaled)", flush=True)
+        variants = {"fp32": "fp32", "int8": "int8"}
+        urls = {}
+        for key, setting in variants.items():
+            env = {"POLLINID_MODELS_DIR": str(served.parent.parent), "POLLINID_DATA_DIR": str(workdir / f"data-{key}"),
+                   "POLLINID_DEFAULT_MODEL": card.name, "POLLINID_LOG_LEVEL": "WARNING",
+                   "POLLINID_RATE_LIMIT_ENABLED": "false", "POLLINID_PROVIDERS": args.providers,
+                   "POLLINID_CPU_VARIANT": setting}
+            for item in args.service_env:
+                k, _, v = item.partition("=")
+                env[k] = v
+            print(f"starting the {key} service ...", flush=True)
+            svc = start_server(f"service-{key}", "service.api.asgi:app", env, "/api/v1/ready", workdir)
+            servers.append(svc)
+            urls[key] = svc.url + "/api/v1/identify"
+        runs: dict[str, WrkTotal] = {}
+        window = args.seconds / args.rounds
+        for rnd in range(args.rounds):
+            for name, photo in files.items():
+                for key, url in urls.items():
+                    if rnd == 0:  # warm-up: allocations, the batcher's first batches
+                        run_wrk(url, photo, connections=args.concurrency, seconds=2)
+                    part = run_wrk(url, photo, connections=args.concurrency, seconds=window)
+                    total = runs.setdefault(f"{key} service {name}", WrkTotal())
+                    total.ok += int(part["ok"])
+                    total.errors += int(part["errors"])
+                    total.seconds += part["seconds"]
+                    for q in ("p50", "p95", "p99"):
+                        total.percentiles_ms.setdefault(q, []).append(part[f"{q}_us"] / 1000)
+                    print(f"round {rnd + 1}/{args.rounds} {key} {name}: {part['ok'] / part['seconds']:.1f} photos/s, "
+                          f"p50 {part['p50_us'] / 1000:.0f} ms, p99 {part['p99_us'] / 1000:.0f} ms, "
+                          f"{part['errors']} errors", flush=True)
+        for server in servers:
+            server.stop()
+        bound: dict[str, float] = {}
+        for key in variants:
+            onnx_file = served / ("model.onnx" if key == "fp32" else card.variants[key].file)
+            for name, photo in files.items():
+                bound[f"{key} {name}"] = machine_bound(onnx_file, served / "model.json", photo,
+                                                       args.bound_seconds, processes)
+                print(f"bound {key} {name}: {bound[f'{key} {name}']:.1f} photos/s ({processes} processes, "
+                      "reduced-size decode + ONNX Runtime, 1 thread each, no HTTP)", flush=True)
+
+        print()
+        print(f"command: {results['command']}")
+        print(f"machine: {results['machine']}; wrk -t 1 -c {args.concurrency}, {args.rounds} rounds x "
+              f"{window:.0f} s per photo and variant (median of the rounds' percentiles)")
+        print()
+        print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s | bound photos/s | of bound |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        summary: dict[str, Any] = {}
+        for name in files:
+            for key in variants:
+                r = runs[f"{key} service {name}"]
+                rate = r.ok / r.seconds
+                b = bound[f"{key} {name}"]
+                med = {q: statistics.median(v) for q, v in r.percentiles_ms.items()}
+                summary[f"{key} {name}"] = {"photos": r.ok, "errors": r.errors, "photos_per_s": rate,
+                                            "bound_photos_per_s": b, "of_bound": rate / b,
+                                            **{f"{q}_ms": v for q, v in med.items()}}
+                print(f"| {key} {name} | {r.ok} | {r.errors} | {med['p50']:.0f} | {med['p95']:.0f} | "
+                      f"{med['p99']:.0f} | {rate:.1f} | {b:.1f} | {rate / b:.2f} |")
+        print()
+        for name in files:
+            ratio = summary[f"int8 {name}"]["photos_per_s"] / summary[f"fp32 {name}"]["photos_per_s"]
+            bratio = bound[f"int8 {name}"] / bound[f"fp32 {name}"]
+            summary[f"int8/fp32 {name}"] = {"service": ratio, "bound": bratio}
+            print(f"{name}: int8 / fp32 service = {ratio:.2f}x (bound {bratio:.2f}x)")
+        results["runs"] = summary
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=float))
+    finally:
+        for server in servers:
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work folder kept: {workdir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", type=Path, help="an exported model folder (model.onnx + model.json); "
@@ -300,7 +494,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra POLLINID_* settings for the service, e.g. POLLINID_MAX_BATCH=8")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--variants", action="store_true",
+                        help="fp32 vs int8 services under wrk, and the machine's bound (needs --model)")
+    parser.add_argument("--providers", default="cpu", help="--variants: POLLINID_PROVIDERS (default cpu)")
+    parser.add_argument("--bound-seconds", type=float, default=10.0,
+                        help="--variants: seconds of each bound measurement (default 10)")
+    parser.add_argument("--bound-processes", type=int, default=0,
+                        help="--variants: processes of the bound (default: one per core)")
     args = parser.parse_args(argv)
+    if args.variants:
+        return run_variants(args)
 
     workdir = Path(tempfile.mkdtemp(prefix="pollinid-bench-"))
     results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),

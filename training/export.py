@@ -220,33 +220,12 @@ def _to_fp16(src: Path, dst: Path) -> Path:
 
 
 def _to_int8(src: Path, dst: Path, card: ModelCard, photos: Sequence[Image.Image]) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """Static QDQ int8 (:func:`training.quantize.quantize_onnx`) calibrated on ``photos``; not yet in the card:
+    ``pollinid quantize`` evaluates it and records it as a variant only when it keeps the accuracy."""
+    from training.quantize import quantize_onnx
 
-    spec = card.input
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{spec.input_name: preprocess(p, spec)[None]} for p in photos])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    pre = dst.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-    finally:
-        pre.unlink(missing_ok=True)
-    return dst
+    batch = [preprocess(p, card.input) for p in photos]
+    return quantize_onnx(src, dst, card.input, [np.stack(batch[i : i + 16]) for i in range(0, len(batch), 16)])
 
 
 def load_card_from_onnx(path: Path) -> ModelCard:

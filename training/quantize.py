@@ -116,6 +116,20 @@ def is_qdq(model_path: Path) -> bool:
     return all(op in ops for op in QDQ_OPS)
 
 
+class _QuietRoot(logging.Filter):
+    """Drops ONNX Runtime's INFO lines on the root logger during quantization, counting the scale ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.widened = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        self.widened += "Increased scale" in record.getMessage()
+        return False
+
+
 def quantize_onnx(src: Path, dst: Path, spec: InputSpec, batches: Iterable[np.ndarray], *,
                   method: str = "minmax", per_channel: bool = True, exclude: Sequence[str] = (),
                   percentile: float = 99.999) -> Path:
@@ -171,6 +185,8 @@ def quantize_onnx(src: Path, dst: Path, spec: InputSpec, batches: Iterable[np.nd
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=dst.parent) as work:
         pre = Path(work) / "pre.onnx"
         out = Path(work) / "int8.onnx"
+        quiet = _QuietRoot()  # ONNX Runtime logs one INFO line per widened weight scale on the root logger
+        logging.getLogger().addFilter(quiet)
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(
@@ -180,6 +196,11 @@ def quantize_onnx(src: Path, dst: Path, spec: InputSpec, batches: Iterable[np.nd
             )
         except Exception as exc:
             raise QuantizeError(f"ONNX Runtime could not quantize {src}: {exc}") from exc
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        if quiet.widened:
+            logger.info("ONNX Runtime widened %d per-channel weight scales so that biases stay representable",
+                        quiet.widened)
         if not is_qdq(out):
             raise QuantizeError(f"{out} has no QuantizeLinear/DequantizeLinear nodes: nothing was quantized")
         os.replace(out, dst)
