@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: str = Field(default="", repr=False)
     # Short timeouts and few attempts: a store that is down gives a 503 (Retry-After below) within seconds.
     object_store_connect_timeout: float = Field(default=2.0, gt=0, le=120)
-    object_store_read_timeout: float = Field(default=10.0, gt=0, le=600)
+    object_store_read_timeout: float = Field(default=5.0, gt=0, le=600)
     object_store_max_attempts: int = Field(default=2, ge=1, le=10)
     object_store_retry_after: int = Field(default=5, ge=1, le=3600)
     # Where a replica keeps the trained model versions it downloaded from the object store; default

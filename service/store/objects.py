@@ -351,7 +351,7 @@ def s3_client(settings: Settings) -> Any:
             config = Config(
                 connect_timeout=settings.object_store_connect_timeout,
                 read_timeout=settings.object_store_read_timeout,
-                retries={"max_attempts": settings.object_store_max_attempts, "mode": "standard"},
+                retries={"total_max_attempts": settings.object_store_max_attempts, "mode": "standard"},
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
                 max_pool_connections=32,
             )
