@@ -70,7 +70,8 @@ async def predict(
         200: {"description": "never: a replay answers 201 with Idempotent-Replayed: true"},
         **errors(*BODY_ERRORS, {413: "a photo is over the size limit", 415: "not a photo",
                                 422: "bad photo count, photo, metadata or Idempotency-Key",
-                                503: "too many uploads are in progress: retry after Retry-After seconds"}),
+                                503: "too many uploads are in progress, or the object store is unavailable: "
+                                     "retry after Retry-After seconds"}),
     },
 )
 async def create_observation(
