@@ -357,12 +357,37 @@ def machine_bound(onnx_path: Path, card_path: Path, photo: Path, seconds: float,
     return sum(n / t for n, t in results)
 
 
+def start_peer(name: str, folder: Path, onnx_file: str, workdir: Path, timeout: float = 180.0) -> Server:
+    """``bench/peer_litserve.py`` serving ``folder/onnx_file`` (one worker process per core)."""
+    import httpx
+
+    port = free_port()
+    log = workdir / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PEER_MODEL": str(folder), "PEER_ONNX": onnx_file}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "peer_litserve.py"), "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    server = Server(name, proc, port, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"{name} did not become ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
 def run_variants(args: argparse.Namespace) -> int:
     """fp32 and int8 services (one uvicorn worker each, ``POLLINID_CPU_VARIANT``) under wrk, and the bound.
 
     Both services are started at once but driven one at a time, in ``--rounds`` alternating windows per
-    photo (the machine is shared: load from elsewhere hits both alike); then the bound of each variant:
-    one process per core, each decoding at reduced size and running ONNX Runtime on one thread, no HTTP.
+    photo, each round followed by a window of the bound of each variant (one process per core, each
+    decoding at reduced size and running ONNX Runtime on one thread, no HTTP): the machine is shared, so load
+    from elsewhere hits all of them alike. The bound's photos/s is the mean of its windows.
     """
     from service.core.modelcard import ModelCard
 
@@ -390,29 +415,37 @@ def run_variants(args: argparse.Namespace) -> int:
             files[name] = workdir / f"photo{i}.jpg"
             files[name].write_bytes(data)
             print(f"photo {name}: {len(data) / 1e6:.2f} MB (tests/fixtures/peacock.jpg upscaled)", flush=True)
-        variants = {"fp32": "fp32", "int8": "int8"}
-        urls = {}
-        for key, setting in variants.items():
+        variants = {"fp32": "model.onnx", "int8": card.variants["int8"].file}
+        urls: dict[str, tuple[str, str]] = {}  # run name -> (url, variant)
+        for key in variants:
             env = {"POLLINID_MODELS_DIR": str(served.parent.parent), "POLLINID_DATA_DIR": str(workdir / f"data-{key}"),
                    "POLLINID_DEFAULT_MODEL": card.name, "POLLINID_LOG_LEVEL": "WARNING",
                    "POLLINID_RATE_LIMIT_ENABLED": "false", "POLLINID_PROVIDERS": args.providers,
-                   "POLLINID_CPU_VARIANT": setting}
+                   "POLLINID_CPU_VARIANT": key}
             for item in args.service_env:
                 k, _, v = item.partition("=")
                 env[k] = v
             print(f"starting the {key} service ...", flush=True)
             svc = start_server(f"service-{key}", "service.api.asgi:app", env, "/api/v1/ready", workdir)
             servers.append(svc)
-            urls[key] = svc.url + "/api/v1/identify"
+            urls[f"{key} service"] = (svc.url + "/api/v1/identify", key)
+        if args.peer:
+            for key, file in variants.items():
+                print(f"starting the {key} LitServe peer ...", flush=True)
+                peer = start_peer(f"litserve-{key}", served, file, workdir)
+                servers.append(peer)
+                urls[f"{key} litserve"] = (peer.url + "/predict", key)
         runs: dict[str, WrkTotal] = {}
+        bound_runs: dict[str, list[float]] = {}
         window = args.seconds / args.rounds
+        # Services and bound in alternating windows: load from elsewhere on a shared machine hits all alike.
         for rnd in range(args.rounds):
             for name, photo in files.items():
-                for key, url in urls.items():
+                for key, (url, _) in urls.items():
                     if rnd == 0:  # warm-up: allocations, the batcher's first batches
                         run_wrk(url, photo, connections=args.concurrency, seconds=2)
                     part = run_wrk(url, photo, connections=args.concurrency, seconds=window)
-                    total = runs.setdefault(f"{key} service {name}", WrkTotal())
+                    total = runs.setdefault(f"{key} {name}", WrkTotal())
                     total.ok += int(part["ok"])
                     total.errors += int(part["errors"])
                     total.seconds += part["seconds"]
@@ -421,16 +454,15 @@ def run_variants(args: argparse.Namespace) -> int:
                     print(f"round {rnd + 1}/{args.rounds} {key} {name}: {part['ok'] / part['seconds']:.1f} photos/s, "
                           f"p50 {part['p50_us'] / 1000:.0f} ms, p99 {part['p99_us'] / 1000:.0f} ms, "
                           f"{part['errors']} errors", flush=True)
+                for key, file in variants.items():
+                    rate = machine_bound(served / file, served / "model.json", photo, args.bound_seconds / args.rounds,
+                                         processes)
+                    bound_runs.setdefault(f"{key} {name}", []).append(rate)
+                    print(f"round {rnd + 1}/{args.rounds} bound {key} {name}: {rate:.1f} photos/s ({processes} "
+                          "processes, reduced-size decode + ONNX Runtime, 1 thread each, no HTTP)", flush=True)
         for server in servers:
             server.stop()
-        bound: dict[str, float] = {}
-        for key in variants:
-            onnx_file = served / ("model.onnx" if key == "fp32" else card.variants[key].file)
-            for name, photo in files.items():
-                bound[f"{key} {name}"] = machine_bound(onnx_file, served / "model.json", photo,
-                                                       args.bound_seconds, processes)
-                print(f"bound {key} {name}: {bound[f'{key} {name}']:.1f} photos/s ({processes} processes, "
-                      "reduced-size decode + ONNX Runtime, 1 thread each, no HTTP)", flush=True)
+        bound = {k: statistics.mean(v) for k, v in bound_runs.items()}
 
         print()
         print(f"command: {results['command']}")
@@ -441,10 +473,10 @@ def run_variants(args: argparse.Namespace) -> int:
         print("|---|---|---|---|---|---|---|---|---|")
         summary: dict[str, Any] = {}
         for name in files:
-            for key in variants:
-                r = runs[f"{key} service {name}"]
+            for key, (_, variant) in urls.items():
+                r = runs[f"{key} {name}"]
                 rate = r.ok / r.seconds
-                b = bound[f"{key} {name}"]
+                b = bound[f"{variant} {name}"]
                 med = {q: statistics.median(v) for q, v in r.percentiles_ms.items()}
                 summary[f"{key} {name}"] = {"photos": r.ok, "errors": r.errors, "photos_per_s": rate,
                                             "bound_photos_per_s": b, "of_bound": rate / b,
@@ -453,10 +485,17 @@ def run_variants(args: argparse.Namespace) -> int:
                       f"{med['p99']:.0f} | {rate:.1f} | {b:.1f} | {rate / b:.2f} |")
         print()
         for name in files:
-            ratio = summary[f"int8 {name}"]["photos_per_s"] / summary[f"fp32 {name}"]["photos_per_s"]
+            ratio = (summary[f"int8 service {name}"]["photos_per_s"]
+                     / summary[f"fp32 service {name}"]["photos_per_s"])
             bratio = bound[f"int8 {name}"] / bound[f"fp32 {name}"]
             summary[f"int8/fp32 {name}"] = {"service": ratio, "bound": bratio}
             print(f"{name}: int8 / fp32 service = {ratio:.2f}x (bound {bratio:.2f}x)")
+            if args.peer:
+                for key in variants:
+                    vs = (summary[f"{key} service {name}"]["photos_per_s"]
+                          / summary[f"{key} litserve {name}"]["photos_per_s"])
+                    summary[f"{key} service/litserve {name}"] = vs
+                    print(f"{name}: {key} service / LitServe = {vs:.2f}x")
         results["runs"] = summary
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=float))
@@ -497,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true",
                         help="fp32 vs int8 services under wrk, and the machine's bound (needs --model)")
     parser.add_argument("--providers", default="cpu", help="--variants: POLLINID_PROVIDERS (default cpu)")
-    parser.add_argument("--bound-seconds", type=float, default=10.0,
-                        help="--variants: seconds of each bound measurement (default 10)")
+    parser.add_argument("--peer", action="store_true",
+                        help="--variants: also LitServe serving the same files (bench/peer_litserve.py)")
+    parser.add_argument("--bound-seconds", type=float, default=12.0,
+                        help="--variants: seconds of the bound per photo and variant, split among the rounds "
+                        "(default 12)")
     parser.add_argument("--bound-processes", type=int, default=0,
                         help="--variants: processes of the bound (default: one per core)")
     args = parser.parse_args(argv)
