@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "version.json"
 CACHE_MANIFEST = ".version.json"  # the manifest a cached copy was built from
+# Pauses before reading the manifest again when a fetched file does not match it (a concurrent rewrite).
+REFETCH_PAUSES = (0.1, 0.3, 0.6)
 
 
 class CorruptVersion(ValueError):
@@ -127,15 +130,31 @@ def fetch_version(store: ObjectStore, name: str, version: str, cache_root: Path,
                   manifest: dict[str, Any] | None = None) -> Path | None:
     """The local folder of ``name/version`` in ``cache_root``, downloaded (or refreshed) from the store.
 
-    Returns None when the store does not hold the version.
+    Returns None when the store does not hold the version. A file that does not match the manifest may have
+    been rewritten meanwhile by another replica (:func:`update_file` writes the file, then the manifest): the
+    manifest is read again and the fetch retried a few times (within about a second) before the version is
+    taken as corrupt.
 
     Raises:
         CorruptVersion: a file whose sha256 or size differs from the manifest (nothing is cached).
         StorageUnavailable: the store is down.
     """
     manifest = manifest if manifest is not None else read_manifest(store, name, version)
-    if manifest is None:
-        return None
+    for pause in (*REFETCH_PAUSES, None):
+        if manifest is None:
+            return None
+        try:
+            return _fetch_once(store, name, version, cache_root, manifest)
+        except CorruptVersion:
+            if pause is None:
+                raise
+            time.sleep(pause)
+            manifest = read_manifest(store, name, version)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fetch_once(store: ObjectStore, name: str, version: str, cache_root: Path,
+                manifest: dict[str, Any]) -> Path:
     target = Path(cache_root) / _prefix(name, version)
     old = _cached_manifest(target)
     if old is not None and old.get("files") == manifest.get("files"):
