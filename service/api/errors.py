@@ -21,12 +21,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import PollinidError
 
 logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ErrorDetail(BaseModel):
@@ -135,6 +138,16 @@ def register_exception_handlers(app: FastAPI) -> None:
         logger.info("request value out of range for the database: %s", exc)
         return JSONResponse(error_body("invalid_request", "a value in the request is out of range"),
                             status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database cannot be reached, dropped the connection, or is busy past its timeout: the service
+        # cannot answer now, the request is not at fault. Nothing was committed (the session rolls back).
+        logger.warning("database unavailable: %s", str(exc).splitlines()[0][:300])
+        return JSONResponse(error_body("database_unavailable", "the database is unavailable; try again shortly"),
+                            status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - last resort
