@@ -267,11 +267,13 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:  # type: 
         default=0.8,
         help="committed-answer threshold for ranks the model card has no fitted threshold for",
     )
+    p.add_argument("--variant", choices=["auto", "fp32", "int8"], default="auto",
+                   help="network file on the CPU, as POLLINID_CPU_VARIANT (default auto: the card's CPU default)")
     p.set_defaults(func=cmd_predict)
 
 
 def predict_photos(
-    model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8
+    model_dir: Path, photos: list[Path], top_k: int = 5, threshold: float = 0.8, variant: str = "auto"
 ) -> list[dict[str, Any]]:
     """Identify each photo exactly as the service does, through the same functions as ``/identify``.
 
@@ -280,13 +282,14 @@ def predict_photos(
     committed answer (:func:`service.inference.identify.answer_logits`). Each photo is answered on its own;
     the keys are the API's (``results``, ``rollup``: the committed answer, ``energy``,
     ``out_of_distribution``). A photo that cannot be read gets ``{"photo", "error"}`` instead of results.
+    ``variant`` picks the network file on the CPU as the service's ``POLLINID_CPU_VARIANT`` does.
     """
     from service.core.errors import PollinidError
     from service.core.imaging import DecodeLimits
     from service.inference.classifier import RuntimeOptions, load_classifier
     from service.inference.identify import OOD_FINEST_RANK, answer_logits, prepare_photo
 
-    clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu"))
+    clf = load_classifier(Path(model_dir), RuntimeOptions(providers="cpu", cpu_variant=variant))
     card = clf.card
     out: list[dict[str, Any]] = []
     for photo in photos:
@@ -301,6 +304,7 @@ def predict_photos(
             {
                 "photo": str(photo),
                 "model": {"name": card.name, "version": card.version},
+                "network": clf.variant,  # fp32 (model.onnx) or the card's variant that ran
                 "results": [r.model_dump(mode="json") for r in answer.results],
                 "energy": round(float(answer.energies[0]), 4),
                 "out_of_distribution": unknown,
@@ -313,7 +317,8 @@ def predict_photos(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print the identification of each photo as JSON."""
-    results = predict_photos(Path(args.model), [Path(p) for p in args.photos], args.top_k, args.threshold)
+    results = predict_photos(Path(args.model), [Path(p) for p in args.photos], args.top_k, args.threshold,
+                             args.variant)
     print(json.dumps(results, indent=2))
     return 1 if all("error" in r for r in results) else 0
 

@@ -149,3 +149,17 @@ def test_pollinid_quantize_cli(color_dataset: Path, tmp_path: Path, capsys: pyte
     assert load_classifier(folder, RuntimeOptions(providers="cpu", cpu_variant="int8")).variant == "int8"
     assert main(["quantize", "--model", str(tmp_path / "nowhere"), "--data", str(color_dataset)]) == 2
     assert "no readable model card" in capsys.readouterr().err
+
+
+def test_predict_runs_the_variant_the_service_would(color_dataset: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_tiny_model(tmp_path)
+    quantize_version(folder, _samples(color_dataset, "train"), _samples(color_dataset, "valid"), calibration_photos=9)
+    photo = sorted((color_dataset / "valid" / "red_admiral").glob("*.jpg"))[0]
+    answers = {}
+    for variant in ("auto", "fp32"):
+        assert main(["predict", "--model", str(folder), str(photo), "--variant", variant]) == 0
+        answers[variant] = json.loads(capsys.readouterr().out)[0]
+    assert answers["auto"]["network"] == "int8" and answers["fp32"]["network"] == "fp32"
+    top = {v: a["results"][0]["taxon"]["label"] for v, a in answers.items()}
+    assert top == {"auto": "red_admiral", "fp32": "red_admiral"}
