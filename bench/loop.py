@@ -284,7 +284,10 @@ def run_arm(order: str, args: argparse.Namespace, pools: dict[str, Any], kit: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", type=Path, default=ROOT / "models" / "lepidoptera100" / "4")
+    parser.add_argument("--release", type=Path, default=ROOT / "models" / "lepidoptera100" / "4",
+                        help="the release to start from (lepidoptera100/4 left the bundle: extract it with "
+                        "`git archive fa7f85e models/lepidoptera100/4 | tar -x -C DIR`, "
+                        "and pass DIR/models/lepidoptera100/4)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--uploads", type=int, default=120, help="observations uploaded per round")
     parser.add_argument("--budget", type=int, default=60, help="observations the specialists look at per round")
@@ -299,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="work in this (new) folder and keep it")
     args = parser.parse_args(argv)
+    if not (args.release / "model.onnx").is_file():
+        parser.error(f"no model.onnx in {args.release}: lepidoptera100/4 is no longer bundled; extract it with "
+                     "`git archive fa7f85e models/lepidoptera100/4 | tar -x -C DIR` and pass "
+                     "DIR/models/lepidoptera100/4")
 
     rng = random.Random(args.seed)
     taxonomy = {**read_taxonomy(DATA / "lepidoptera100" / "taxonomy.csv"),

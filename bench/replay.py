@@ -35,7 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "lepidoptera100" / "4")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "lepidoptera100" / "4",
+                        help="the release (lepidoptera100/4 left the bundle: extract it with "
+                        "`git archive fa7f85e models/lepidoptera100/4 | tar -x -C DIR`, "
+                        "and pass DIR/models/lepidoptera100/4)")
     parser.add_argument("--old", type=Path, default=ROOT.parent / "shared" / "data" / "lepidoptera100")
     parser.add_argument("--new", type=Path, default=ROOT.parent / "shared" / "data" / "insects-extra")
     parser.add_argument("--new-classes", default="bombus,vespidae,coccinellidae,odonata,no_insect")
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if not (args.model / "model.onnx").is_file():
+        parser.error(f"no model.onnx in {args.model}: lepidoptera100/4 is no longer bundled; extract it with "
+                     "`git archive fa7f85e models/lepidoptera100/4 | tar -x -C DIR` and pass "
+                     "DIR/models/lepidoptera100/4")
 
     from service.core.modelcard import ModelCard
     from training.data import read_imagefolder
