@@ -23,7 +23,8 @@ What it does, in one run:
    so the files are as large as real phone photos, JPEG quality 92.
 3. **Baseline.** ``bench/baseline_app.py`` under uvicorn: full-size Pillow decode, torchvision
    ``Resize/CenterCrop/ToTensor/Normalize``, eager PyTorch, one request at a time.
-4. **Service.** ``service.api.asgi:app`` under uvicorn (one worker) with the model folder.
+4. **Service.** ``service.api.asgi:app`` under uvicorn (one worker; ``--service-workers N``) with the model
+   folder.
 5. Concurrent clients (asyncio + httpx, one photo per request) post for ``--seconds`` per scenario and
    side, in ``--rounds`` alternating baseline/service windows (the machine is shared: a burst of load
    from elsewhere then hits both sides alike); only one server is driven at a time.
@@ -180,12 +181,24 @@ class Server:
 
 
 def start_server(name: str, app: str, env: dict[str, str], ready_path: str, workdir: Path,
-                 timeout: float = 180.0) -> Server:
+                 timeout: float = 180.0, workers: int = 1) -> Server:
+    """``uvicorn app`` with ``workers`` processes; several get the thread sizing and shared metrics folder
+    of ``pollinid serve --workers N`` (settings given in ``env`` win)."""
     port = free_port()
     log = workdir / f"{name}.log"
     full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log"]
+    if workers > 1:
+        from service.cli.serve import threads_per_worker
+
+        for key, value in threads_per_worker(workers).items():
+            if key not in env:  # --service-env wins
+                full_env[key] = value
+        metrics_dir = workdir / f"{name}-prometheus"
+        metrics_dir.mkdir(exist_ok=True)
+        full_env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     server = Server(name, proc, port, log)
     import httpx
@@ -382,7 +395,8 @@ def start_peer(name: str, folder: Path, onnx_file: str, workdir: Path, timeout: 
 
 
 def run_variants(args: argparse.Namespace) -> int:
-    """fp32 and int8 services (one uvicorn worker each, ``POLLINID_CPU_VARIANT``) under wrk, and the bound.
+    """fp32 and int8 services (``--service-workers`` uvicorn workers each, ``POLLINID_CPU_VARIANT``) under wrk,
+    and the bound.
 
     Both services are started at once but driven one at a time, in ``--rounds`` alternating windows per
     photo, each round followed by a window of the bound of each variant (one process per core, each
@@ -401,7 +415,8 @@ def run_variants(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                                           f"Python {platform.python_version()}",
-                               "wrk": f"-t 1 -c {args.concurrency}", "rounds": args.rounds}
+                               "wrk": f"-t 1 -c {args.concurrency}", "rounds": args.rounds,
+                               "service_workers": args.service_workers}
     servers: list[Server] = []
     try:
         served = workdir / "models" / card.name / card.version
@@ -426,7 +441,8 @@ def run_variants(args: argparse.Namespace) -> int:
                 k, _, v = item.partition("=")
                 env[k] = v
             print(f"starting the {key} service ...", flush=True)
-            svc = start_server(f"service-{key}", "service.api.asgi:app", env, "/api/v1/ready", workdir)
+            svc = start_server(f"service-{key}", "service.api.asgi:app", env, "/api/v1/ready", workdir,
+                               workers=args.service_workers)
             servers.append(svc)
             urls[f"{key} service"] = (svc.url + "/api/v1/identify", key)
         if args.peer:
@@ -467,7 +483,8 @@ def run_variants(args: argparse.Namespace) -> int:
         print()
         print(f"command: {results['command']}")
         print(f"machine: {results['machine']}; wrk -t 1 -c {args.concurrency}, {args.rounds} rounds x "
-              f"{window:.0f} s per photo and variant (median of the rounds' percentiles)")
+              f"{window:.0f} s per photo and variant (median of the rounds' percentiles); "
+              f"{args.service_workers} uvicorn worker(s) per service")
         print()
         print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s | bound photos/s | of bound |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -531,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra POLLINID_* settings for the service, e.g. POLLINID_MAX_BATCH=8")
+    parser.add_argument("--service-workers", type=int, default=1, metavar="N",
+                        help="uvicorn worker processes of each service (default 1); several get what "
+                        "`pollinid serve --workers N` gives them: cores / N ONNX Runtime and decode threads each "
+                        "(unless --service-env sets them) and a shared Prometheus folder")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--variants", action="store_true",
@@ -605,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             env[key] = value
         results["service_env"] = {k: v for k, v in env.items() if k not in ("POLLINID_MODELS_DIR",
                                                                               "POLLINID_DATA_DIR")}
-        svc = start_server("service", "service.api.asgi:app", env, "/api/v1/ready", workdir)
+        svc = start_server("service", "service.api.asgi:app", env, "/api/v1/ready", workdir,
+                           workers=args.service_workers)
         servers.append(svc)
         url = svc.url + "/api/v1/identify"
 

@@ -20,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP service")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="uvicorn worker processes (default 1; auto: one per core). With several, each one's ONNX "
+                        "Runtime and decode threads default to cores / N (POLLINID_INTRA_OP_THREADS, "
+                        "POLLINID_DECODE_THREADS), and rate limits are per process unless POLLINID_REDIS_URL is "
+                        "set")
     p.add_argument("--with-worker", action="store_true",
                    help="also start a local job worker (retrain, exports): one command runs everything")
     p.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
@@ -33,9 +37,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 worker process, got {n}")
+    return n
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> dict[str, str]:
+    """``POLLINID_*`` thread settings for ``workers`` processes sharing ``cores`` (default: this machine's).
+
+    One process (the default) keeps the settings' own defaults (0: every core, for ONNX Runtime and for
+    decoding). Several processes each get ``cores // workers`` (at least 1) ONNX Runtime intra-op threads and
+    decode threads, so that together they use the cores once instead of each using all of them. A setting
+    given in the environment is kept. Returns the variables to add to the environment.
+    """
+    if workers <= 1:
+        return {}
+    share = str(max(1, (cores or os.cpu_count() or 1) // workers))
+    return {key: share for key in ("POLLINID_INTRA_OP_THREADS", "POLLINID_DECODE_THREADS")
+            if not os.environ.get(key)}
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    sized = threads_per_worker(args.workers)
+    if sized:
+        # The app reads its settings from the environment, in every uvicorn worker.
+        os.environ.update(sized)
+        from service.settings import get_settings
+
+        get_settings.cache_clear()
+        logger.info("%d worker processes: %s each", args.workers,
+                    ", ".join(f"{k}={v}" for k, v in sized.items()))
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several worker processes: metrics are aggregated through a shared folder, emptied at start.
         from service.settings import get_settings
