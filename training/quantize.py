@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from service.core.hashing import file_sha256
 from service.core.imaging import decode_image
 from service.core.modelcard import ONNX_FILENAME, InputSpec, ModelCard, ModelVariant
 
@@ -43,14 +43,6 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 class QuantizeError(RuntimeError):
     """The quantized network cannot be written or does not load."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pick_calibration(samples: Sequence[Any], n: int, *, seed: int = 0) -> list[Any]:
@@ -309,7 +301,7 @@ def ship_variant(folder: Path, int8_file: Path, card: ModelCard, attempt: dict[s
     os.replace(tmp, dst)
     got = attempt["int8"]
     variant = ModelVariant(
-        file=INT8_FILENAME, sha256=_sha256(dst), precision="int8", top1=got["top1"], ece=got["ece"],
+        file=INT8_FILENAME, sha256=file_sha256(dst), precision="int8", top1=got["top1"], ece=got["ece"],
         cpu_default=cpu_default,
         quantization={"format": "QDQ", "weights": "int8 per-channel" if attempt["per_channel"] else "int8",
                       "activations": "uint8", "calibration": attempt["method"],

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from service.core.hashing import file_sha256
 from service.core.modelcard import ONNX_FILENAME, ModelCard
-from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
+from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ the CUDA libraries); the session's :meth:`~onnxruntime.InferenceSession.get_prov
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.errors import InvalidModel
+from service.core.hashing import file_sha256
 from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard, ModelVariant
 from service.core.taxonomy import TaxonTree
 
@@ -264,14 +264,6 @@ def _wanted_variant(card: ModelCard, opts: RuntimeOptions) -> tuple[str, ModelVa
     return choice, variant
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class _Opened:
     session: ort.InferenceSession
@@ -316,7 +308,7 @@ def _open_variant(folder: Path, card: ModelCard, key: str, variant: ModelVariant
     try:
         if not path.is_file():
             raise InvalidModel(f"{where}: the card lists the {key} variant {variant.file} but the file is missing")
-        if _sha256(path) != variant.sha256:
+        if file_sha256(path) != variant.sha256:
             raise InvalidModel(f"{where}: {variant.file} does not match the card's sha256 for the {key} variant "
                                "(altered or partly copied)")
         return _open(path, card, replace(opts, providers="cpu"), where, key)

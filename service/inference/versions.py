@@ -52,17 +52,6 @@ REPLAY_FILENAME = "replay.npz"
 REPLAY_META_FILENAME = "replay.json"
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file (a replay kit is bound to its network's ``model.onnx``)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def disk_state(card: Any, folder: Path, origin: str) -> str:
     """The state a version folder says it is in, for a database that has no row for it yet.
 

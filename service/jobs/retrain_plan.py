@@ -28,9 +28,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.errors import InvalidRequest
+from service.core.hashing import file_sha256
 from service.core.modelcard import CARD_FILENAME, ONNX_FILENAME, ModelCard
 from service.exports.training_manifest import training_rows
-from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME, file_sha256
+from service.inference.versions import REPLAY_FILENAME, REPLAY_META_FILENAME
 from service.jobs.params import RetrainParams
 from service.settings import Settings
 from service.store.tables import ModelVersion, Taxon, TaxonLabel

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.core.hashing import file_sha256
 from service.store.objects import ObjectMissing, ObjectStore, check_key
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,6 @@ REFETCH_PAUSES = (0.1, 0.3, 0.6)
 
 class CorruptVersion(ValueError):
     """A stored version whose files do not match its manifest."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -84,7 +77,7 @@ def upload_version(store: ObjectStore, folder: Path, name: str, version: str) ->
     files: dict[str, dict[str, Any]] = {}
     for rel, path in _files(Path(folder)).items():
         store.put_file(f"{_prefix(name, version)}/{rel}", path)
-        files[rel] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
     manifest = _put_manifest(store, name, version, files)
     logger.info("model %s/%s uploaded to %s (%d files)", name, version, store.url, len(files))
     return manifest
@@ -171,7 +164,7 @@ def _fetch_once(store: ObjectStore, name: str, version: str, cache_root: Path,
                 shutil.copy2(target / rel, dest)  # unchanged since the cached copy
             else:
                 store.download(f"{_prefix(name, version)}/{rel}", dest)
-            if dest.stat().st_size != info.get("size") or _sha256(dest) != info.get("sha256"):
+            if dest.stat().st_size != info.get("size") or file_sha256(dest) != info.get("sha256"):
                 raise CorruptVersion(f"model {name}/{version}: {rel} in {store.url} does not match its "
                                      "manifest's sha256")
         (tmp / CACHE_MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
