@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -171,13 +172,20 @@ class Server:
         return float("nan")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM to the server's process group, then SIGKILL to what is left of it.
+
+        The group (each server starts its own session) takes its child processes too: uvicorn's workers, and
+        LitServe's inference workers, which otherwise outlive their parent and keep polling (about 10% of a core
+        each), loading the machine for every later measurement. Not SIGINT: a bench started in the background
+        by a shell ignores SIGINT, and its servers inherit that.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 def start_server(name: str, app: str, env: dict[str, str], ready_path: str, workdir: Path,
@@ -199,7 +207,8 @@ def start_server(name: str, app: str, env: dict[str, str], ready_path: str, work
         metrics_dir.mkdir(exist_ok=True)
         full_env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
         cmd += ["--workers", str(workers)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     server = Server(name, proc, port, log)
     import httpx
 
@@ -378,7 +387,8 @@ def start_peer(name: str, folder: Path, onnx_file: str, workdir: Path, timeout: 
     log = workdir / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PEER_MODEL": str(folder), "PEER_ONNX": onnx_file}
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "peer_litserve.py"), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     server = Server(name, proc, port, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -417,6 +427,7 @@ def run_variants(args: argparse.Namespace) -> int:
                                           f"Python {platform.python_version()}",
                                "wrk": f"-t 1 -c {args.concurrency}", "rounds": args.rounds,
                                "service_workers": args.service_workers}
+    labels = {n: "service" if len(args.service_workers) == 1 else f"service {n}w" for n in args.service_workers}
     servers: list[Server] = []
     try:
         served = workdir / "models" / card.name / card.version
@@ -432,7 +443,7 @@ def run_variants(args: argparse.Namespace) -> int:
             print(f"photo {name}: {len(data) / 1e6:.2f} MB (tests/fixtures/peacock.jpg upscaled)", flush=True)
         variants = {"fp32": "model.onnx", "int8": card.variants["int8"].file}
         urls: dict[str, tuple[str, str]] = {}  # run name -> (url, variant)
-        for key in variants:
+        for key, (n, label) in ((k, w) for w in labels.items() for k in variants):
             env = {"POLLINID_MODELS_DIR": str(served.parent.parent), "POLLINID_DATA_DIR": str(workdir / f"data-{key}"),
                    "POLLINID_DEFAULT_MODEL": card.name, "POLLINID_LOG_LEVEL": "WARNING",
                    "POLLINID_RATE_LIMIT_ENABLED": "false", "POLLINID_PROVIDERS": args.providers,
@@ -440,11 +451,11 @@ def run_variants(args: argparse.Namespace) -> int:
             for item in args.service_env:
                 k, _, v = item.partition("=")
                 env[k] = v
-            print(f"starting the {key} service ...", flush=True)
-            svc = start_server(f"service-{key}", "service.api.asgi:app", env, "/api/v1/ready", workdir,
-                               workers=args.service_workers)
+            print(f"starting the {key} {label} ({n} uvicorn worker(s)) ...", flush=True)
+            svc = start_server(f"service-{key}-{n}w", "service.api.asgi:app", env, "/api/v1/ready", workdir,
+                               workers=n)
             servers.append(svc)
-            urls[f"{key} service"] = (svc.url + "/api/v1/identify", key)
+            urls[f"{key} {label}"] = (svc.url + "/api/v1/identify", key)
         if args.peer:
             for key, file in variants.items():
                 print(f"starting the {key} LitServe peer ...", flush=True)
@@ -484,7 +495,7 @@ def run_variants(args: argparse.Namespace) -> int:
         print(f"command: {results['command']}")
         print(f"machine: {results['machine']}; wrk -t 1 -c {args.concurrency}, {args.rounds} rounds x "
               f"{window:.0f} s per photo and variant (median of the rounds' percentiles); "
-              f"{args.service_workers} uvicorn worker(s) per service")
+              f"uvicorn workers per service: {', '.join(map(str, args.service_workers))}")
         print()
         print("| run | photos | errors | p50 ms | p95 ms | p99 ms | photos/s | bound photos/s | of bound |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -502,17 +513,18 @@ def run_variants(args: argparse.Namespace) -> int:
                       f"{med['p99']:.0f} | {rate:.1f} | {b:.1f} | {rate / b:.2f} |")
         print()
         for name in files:
-            ratio = (summary[f"int8 service {name}"]["photos_per_s"]
-                     / summary[f"fp32 service {name}"]["photos_per_s"])
             bratio = bound[f"int8 {name}"] / bound[f"fp32 {name}"]
-            summary[f"int8/fp32 {name}"] = {"service": ratio, "bound": bratio}
-            print(f"{name}: int8 / fp32 service = {ratio:.2f}x (bound {bratio:.2f}x)")
-            if args.peer:
-                for key in variants:
-                    vs = (summary[f"{key} service {name}"]["photos_per_s"]
-                          / summary[f"{key} litserve {name}"]["photos_per_s"])
-                    summary[f"{key} service/litserve {name}"] = vs
-                    print(f"{name}: {key} service / LitServe = {vs:.2f}x")
+            for label in labels.values():
+                ratio = (summary[f"int8 {label} {name}"]["photos_per_s"]
+                         / summary[f"fp32 {label} {name}"]["photos_per_s"])
+                summary[f"int8/fp32 {label} {name}"] = {"service": ratio, "bound": bratio}
+                print(f"{name}: int8 / fp32 {label} = {ratio:.2f}x (bound {bratio:.2f}x)")
+                if args.peer:
+                    for key in variants:
+                        vs = (summary[f"{key} {label} {name}"]["photos_per_s"]
+                              / summary[f"{key} litserve {name}"]["photos_per_s"])
+                        summary[f"{key} {label}/litserve {name}"] = vs
+                        print(f"{name}: {key} {label} / LitServe = {vs:.2f}x")
         results["runs"] = summary
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=float))
@@ -524,6 +536,13 @@ def run_variants(args: argparse.Namespace) -> int:
         else:
             print(f"work folder kept: {workdir}")
     return 0
+
+
+def _worker_counts(value: str) -> list[int]:
+    counts = [int(v) for v in value.split(",") if v.strip()]
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"distinct numbers of processes, at least 1, e.g. 1,2; got {value!r}")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,8 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra POLLINID_* settings for the service, e.g. POLLINID_MAX_BATCH=8")
-    parser.add_argument("--service-workers", type=int, default=1, metavar="N",
-                        help="uvicorn worker processes of each service (default 1); several get what "
+    parser.add_argument("--service-workers", type=_worker_counts, default=[1], metavar="N[,N...]",
+                        help="uvicorn worker processes of each service (default 1; with --variants a list, e.g. "
+                        "1,2, runs a service per number and variant side by side); several get what "
                         "`pollinid serve --workers N` gives them: cores / N ONNX Runtime and decode threads each "
                         "(unless --service-env sets them) and a shared Prometheus folder")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -626,8 +646,10 @@ def main(argv: list[str] | None = None) -> int:
             env[key] = value
         results["service_env"] = {k: v for k, v in env.items() if k not in ("POLLINID_MODELS_DIR",
                                                                               "POLLINID_DATA_DIR")}
+        if len(args.service_workers) > 1:
+            parser.error("--service-workers takes one number without --variants")
         svc = start_server("service", "service.api.asgi:app", env, "/api/v1/ready", workdir,
-                           workers=args.service_workers)
+                           workers=args.service_workers[0])
         servers.append(svc)
         url = svc.url + "/api/v1/identify"
 
