@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.accounts import Role
 from service.api.deps import CurrentUser, RegistryDep, SessionDep, require_role
@@ -79,13 +79,18 @@ def list_activations(session: SessionDep, limit: int = Query(100, ge=1, le=1000)
     """Every activation, newest first: which version, its state then, who, why, and whether it was forced."""
     rows = session.scalars(select(ModelActivation).order_by(ModelActivation.id.desc())
                            .limit(limit).offset(offset)).all()
-    count = len(session.scalars(select(ModelActivation.id)).all())
+    count = session.scalar(select(func.count()).select_from(ModelActivation)) or 0
     out = ModelActivationsPublic(data=[ModelActivationPublic.model_validate(r) for r in rows], count=count)
     session.rollback()
     return out
 
 
 def _one(session: SessionDep, version: str, name: str | None) -> tuple[str, str]:
+    """The (name, version) that ``version`` (and ``name``) designate: 404 for none, 409 for several.
+
+    Plain tuples, and the transaction ended at once: on SQLite a reading session holds the write lock, which
+    an activation or a state change after this needs.
+    """
     stmt = select(ModelVersion.name, ModelVersion.version).where(ModelVersion.version == version)
     if name is not None:
         stmt = stmt.where(ModelVersion.name == name)
@@ -128,20 +133,8 @@ async def activate_model(version: str, session: SessionDep, registry: RegistryDe
     ``{"force": true, "reason": "..."}``; the activation is recorded with the admin and the reason.
     """
     user_id = user.id  # read before the transaction ends (a rollback expires the row)
-    stmt = select(ModelVersion.name, ModelVersion.version).where(ModelVersion.version == version)
-    if name is not None:
-        stmt = stmt.where(ModelVersion.name == name)
     await run_in_threadpool(registry.scan)  # versions exported since the last scan get their rows
-    # Plain tuples, and the transaction ended at once: on SQLite a reading session holds the write lock,
-    # which the activation below needs.
-    rows = [tuple(r) for r in session.execute(stmt).all()]
-    session.rollback()
-    if not rows:
-        raise NotFound(f"no model version {version!r}" + (f" of model {name!r}" if name else ""))
-    if len(rows) > 1:
-        raise Conflict(f"several models have version {version!r}: {sorted(r[0] for r in rows)}; "
-                       "say which with ?name=")
-    target = (str(rows[0][0]), str(rows[0][1]))
+    target = _one(session, version, name)
     options = body or ModelActivate(force=False, reason=None)
     await run_in_threadpool(lambda: registry.activate(*target, force=options.force, user_id=user_id,
                                                       reason=options.reason))  # InvalidModel: 422
