@@ -529,13 +529,18 @@ def run_variants(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=float))
     finally:
-        for server in servers:
-            server.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"work folder kept: {workdir}")
+        _clean_up(servers, workdir, keep=args.keep)
     return 0
+
+
+def _clean_up(servers: list, workdir: Path, *, keep: bool) -> None:
+    """Stop the servers a run started; remove its work folder unless asked to keep it."""
+    for server in servers:
+        server.stop()
+    if keep:
+        print(f"work folder kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _worker_counts(value: str) -> list[int]:
@@ -746,12 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=float))
     finally:
-        for server in servers:
-            server.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"work folder kept: {workdir}")
+        _clean_up(servers, workdir, keep=args.keep)
     return 0
 
 
