@@ -75,15 +75,18 @@ def validated_observation(env: Env, who: str, color: tuple[int, int, int], taxon
     return obs_id
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, *, what: str | None = None,
+             logs: Callable[[], str] | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds, naming ``what`` (else
+    ``check``) and showing ``logs()`` when given."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {check}")
+            message = f"timed out after {timeout} s waiting for {what or check}"
+            raise AssertionError(message + (f"\n{logs()}" if logs else ""))
         time.sleep(interval)
 
 

@@ -32,7 +32,7 @@ from tests.conftest import S3_CREDENTIALS
 from tests.helpers import write_tiny_model
 from tests.service.api.redis_support import redis_prefix, redis_url  # noqa: F401 (fixtures)
 from tests.service.cluster_support import Process, Replica, cli, client
-from tests.service.jobs_support import NEW_TAXA, PURPLE, YELLOW, base_dataset, jpeg
+from tests.service.jobs_support import NEW_TAXA, PURPLE, YELLOW, base_dataset, jpeg, wait_for
 from tests.service.observation_support import BLUE, GREEN, RED
 
 PER_IP = 200  # requests per client address per minute, shared by both replicas through Redis
@@ -139,17 +139,6 @@ def _post_observation(http: httpx.Client, base: str, key: str, photo: bytes) -> 
     return dict(r.json())
 
 
-def _wait(check: Any, timeout: float, interval: float, what: str, logs: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
-        time.sleep(interval)
-
-
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_replicas_and_a_worker_share_one_truth(cluster: Cluster) -> None:
@@ -201,7 +190,7 @@ def test_two_replicas_and_a_worker_share_one_truth(cluster: Cluster) -> None:
             job = http.get(f"{b.url}/api/v1/admin/jobs/{job_id}", headers=admin).json()
             return job if job["state"] in ("succeeded", "failed", "cancelled") else None
 
-        job = _wait(finished, 240, 0.5, "the retrain job", cluster.logs)
+        job = wait_for(finished, 240, 0.5, what="the retrain job", logs=cluster.logs)
         assert job["state"] == "succeeded", (job["error"], job["log_tail"][-15:])
         assert job["worker_id"] == "worker-host"
         result = job["result"]
@@ -234,7 +223,7 @@ def test_two_replicas_and_a_worker_share_one_truth(cluster: Cluster) -> None:
             answer = identify(b)
             return answer if answer["model"]["version"] == "2" else None
 
-        answer = _wait(b_serves_tiny_2, 30, 0.25, "replica B to serve tiny/2", cluster.logs)
+        answer = wait_for(b_serves_tiny_2, 30, 0.25, what="replica B to serve tiny/2", logs=cluster.logs)
         lag = time.monotonic() - activated
         assert lag < 30
         assert answer["results"][0]["taxon"]["label"] == "brimstone"  # the new network, not only its name
