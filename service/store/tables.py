@@ -145,6 +145,17 @@ class Taxon(Base):
     group: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
+class TaxonName(Base):
+    """A taxon's common name in one language (``fr``, ``de``, …). English stays in ``Taxon.common_name``;
+    a language with no row for a taxon has no known name there (never a machine translation)."""
+
+    __tablename__ = "taxon_names"
+
+    taxon_id: Mapped[int] = mapped_column(ForeignKey("taxa.id", ondelete="CASCADE"), primary_key=True)
+    language: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+
+
 class TaxonLabel(Base):
     """A model label (an output class of some model) and the taxon it names."""
 
