@@ -1,4 +1,4 @@
-"""``pollinid train | evaluate | export | ensemble | predict | fit-answers | quantize``.
+"""``pollinid train | evaluate | export | ensemble | predict | fit-answers | quantize | replay | references``.
 
 This module must import without PyTorch: ``pollinid serve`` builds the whole parser. Torch and the
 training modules are imported inside the command functions only.
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     from training.replay import register_replay
 
     register_replay(subparsers)  # pollinid replay build
+    from training.references import register_references
+
+    register_references(subparsers)  # pollinid references build
 
 
 # -- train --------------------------------------------------------------------------------------------
