@@ -175,6 +175,8 @@ class Observation(Base):
     __table_args__ = (
         UniqueConstraint("observer_id", "idempotency_key", name="uq_observations_observer_idempotency"),
         Index("ix_observations_queue", "status", "top1_score", "top_margin", "created_at"),
+        # Where and when as evidence (service.nearby): validated observations in a bounding box.
+        Index("ix_observations_place", "status", "latitude", "longitude"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -294,3 +296,41 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# -- occurrences (where and when as evidence, service.nearby) -----------------------------------------
+
+
+class OccurrenceImport(Base):
+    """One imported occurrence download (a GBIF Darwin Core Archive): its file, what was read and kept."""
+
+    __tablename__ = "occurrence_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_name: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    rows_imported: Mapped[int] = mapped_column(Integer, default=0)
+    # Rows whose taxon the installation does not know (no species, genus, family or order of its taxa).
+    rows_unknown_taxon: Mapped[int] = mapped_column(Integer, default=0)
+    # Rows without coordinates or without a month (they say nothing about where or when).
+    rows_incomplete: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OccurrenceRecord(Base):
+    """One occurrence of an imported download: taxon, place and season (month, day of the year)."""
+
+    __tablename__ = "occurrence_records"
+    __table_args__ = (Index("ix_occurrence_records_place", "latitude", "longitude", "day_of_year"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("occurrence_imports.id", ondelete="CASCADE"), index=True)
+    taxon_id: Mapped[int] = mapped_column(ForeignKey("taxa.id", ondelete="CASCADE"), index=True)
+    latitude: Mapped[float] = mapped_column(Float)
+    longitude: Mapped[float] = mapped_column(Float)
+    month: Mapped[int] = mapped_column(Integer)
+    # 1..366; for a record dated to the month only, the middle of that month.
+    day_of_year: Mapped[int] = mapped_column(Integer)
