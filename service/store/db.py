@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -37,6 +40,10 @@ def _refuse_nul(engine: Engine) -> None:
             raise InvalidRequest("text must not contain NUL (0x00) characters")
 
 
+def _null_safe(fn: Callable[[float], float]) -> Callable[[float | None], float | None]:
+    return lambda x: None if x is None else fn(x)
+
+
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine with the settings pollinid relies on for each backend."""
     if url.startswith("sqlite"):
@@ -51,6 +58,11 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
+            try:  # the SQL math functions (distances in the specialists' queue), when this SQLite lacks them
+                cur.execute("SELECT sin(0), cos(0)")
+            except sqlite3.OperationalError:
+                for name, fn in (("sin", math.sin), ("cos", math.cos)):
+                    dbapi_conn.create_function(name, 1, _null_safe(fn), deterministic=True)
             cur.close()
 
         @event.listens_for(engine, "begin")

@@ -1,7 +1,12 @@
-"""The specialists' validation queue: the most uncertain observations first, each leased to one expert."""
+"""The specialists' validation queue: the most uncertain observations first, each leased to one expert.
+
+The queue can be narrowed by taxon, rank of the model's answer, place and date
+(:mod:`service.validation.filters`); the filters never change the order nor how leases work.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, exists, func, or_, select
@@ -11,12 +16,13 @@ from service.accounts import Role
 from service.core.clock import as_utc
 from service.core.errors import Conflict, InvalidRequest, NotFound
 from service.core.vocabulary import ObservationStatus
-from service.observations.taxa import resolve_taxon, subtree_condition
+from service.observations.taxa import resolve_taxon
 from service.settings import Settings
-from service.store.tables import Identification, Observation, Taxon, User, utcnow
+from service.store.tables import Identification, Observation, User, utcnow
+from service.validation.filters import QueueFilter
 
 
-def queue_conditions(user: User, now: datetime, taxon: Taxon | None) -> list[ColumnElement[bool]]:
+def queue_conditions(user: User, now: datetime, filters: QueueFilter | None) -> list[ColumnElement[bool]]:
     already = exists().where(
         Identification.observation_id == Observation.id, Identification.user_id == user.id
     )
@@ -31,15 +37,19 @@ def queue_conditions(user: User, now: datetime, taxon: Taxon | None) -> list[Col
             Observation.lease_expires_at < now,
         ),
     ]
-    if taxon is not None:
-        cond.append(subtree_condition(Observation.taxon_id, taxon))
+    if filters is not None:
+        cond.extend(filters.conditions())
     return cond
 
 
 def claim_queue(
-    session: Session, settings: Settings, user: User, *, limit: int = 10, taxon: int | str | None = None
+    session: Session, settings: Settings, user: User, *, limit: int = 10, taxon: int | str | None = None,
+    filters: QueueFilter | None = None,
 ) -> tuple[list[Observation], datetime]:
     """Lease the ``limit`` most uncertain ``needs_id`` observations to ``user``. The caller commits.
+
+    ``filters`` (:func:`service.validation.filters.parse_queue_filter`) narrows the queue; ``taxon`` alone
+    is a shortcut for a taxon filter.
 
     One expert holds at most ``settings.queue_max_leases_per_expert`` leases at a time (the rest of the
     queue stays available to the others); past it, only the items already leased to them come back.
@@ -52,12 +62,13 @@ def claim_queue(
     """
     if limit < 1 or limit > 100:
         raise InvalidRequest("limit must be between 1 and 100")
-    taxon_row = resolve_taxon(session, taxon) if taxon not in (None, "") else None
+    if taxon is not None and taxon != "":
+        filters = replace(filters or QueueFilter(), taxon=resolve_taxon(session, taxon))
     now = utcnow()
     expires = now + timedelta(seconds=settings.queue_lease_seconds)
     stmt = (
         select(Observation)
-        .where(*queue_conditions(user, now, taxon_row))
+        .where(*queue_conditions(user, now, filters))
         .order_by(
             func.coalesce(Observation.top1_score, 0.0),
             func.coalesce(Observation.top_margin, 0.0),
