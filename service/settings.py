@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # Where retrain jobs write the versions they train (candidates until their gate passes); default
     # data_dir/models. Never the releases folder above (the installed package may be read only and shared).
     trained_models_dir: Path | None = None
+    # The reference photos shown on suggestion cards after those of validated observations (``pollinid
+    # references build``); default: models_dir/references when it exists, else the bundled one.
+    references_dir: Path | None = None
 
     # Upload and decoding limits.
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -274,6 +277,20 @@ class Settings(BaseSettings):
     def trained_models_path(self) -> Path:
         """The folder of trained model versions (``trained_models_dir``, else data_dir/models)."""
         return self.trained_models_dir if self.trained_models_dir is not None else self.data_dir / "models"
+
+    @property
+    def references_path(self) -> Path:
+        """The folder of the bundled reference photos (``references_dir``, else ``models_dir/references`` when it
+        exists, else the one shipped with pollinid)."""
+        if self.references_dir is not None:
+            return self.references_dir
+        beside = self.models_dir / "references"
+        return beside if beside.is_dir() else bundled_models_dir() / "references"
+
+    @property
+    def reference_thumbs_path(self) -> Path:
+        """Small copies of validated observations' photos, made on demand (per replica; safe to delete)."""
+        return self.data_dir / "reference-thumbs"
 
     @property
     def model_cache_path(self) -> Path:

@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics,
         models,
         observations,
+        references,
         stats,
         taxa,
         users,
@@ -109,8 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     # Every other API route counts against the rate limits (service.api.ratelimit) and may answer 429.
     limited = errors(429) if settings.rate_limit_enabled else None
-    for module in (identify, users, admin, observations, identifications, validation, taxa, media, stats,
-                   exports, jobs, models, vocabulary):
+    for module in (identify, users, admin, observations, identifications, validation, taxa, references, media,
+                   stats, exports, jobs, models, vocabulary):
         app.include_router(module.router, prefix="/api/v1", responses=limited)
 
     # Web pages last, so API routes always win.
