@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        limit=settings.max_concurrent_uploads, wait_seconds=settings.upload_queue_seconds,
                        max_bytes=settings.max_upload_bytes_in_flight, default_size=settings.max_request_bytes)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    from service.api.languages import LanguageHeadersMiddleware
+
+    app.add_middleware(LanguageHeadersMiddleware)  # Content-Language / Vary of answers that chose a language
     from service.api.security import install_hardening
 
     install_hardening(app, settings)  # body deadline, rate limits, security headers, CORS

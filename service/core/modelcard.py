@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.core.languages import common_names_of
+
 ONNX_METADATA_KEY = "pollinid.model_card"
 CARD_FILENAME = "model.json"
 ONNX_FILENAME = "model.onnx"
@@ -92,6 +94,12 @@ class LabelTaxon(BaseModel):
     @property
     def is_taxon(self) -> bool:
         return self.rank != NOT_A_TAXON
+
+    @property
+    def common_names(self) -> dict[str, str]:
+        """Common names in other languages than English, ``{code: name}``, from the ``common_name_<code>``
+        fields (taxonomy CSV columns; blank: unknown). English is :attr:`common_name`."""
+        return common_names_of(self.model_extra or {})
 
 
 class Calibration(BaseModel):

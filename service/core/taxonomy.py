@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.core.languages import DEFAULT_LANGUAGE, ROOT_COMMON_NAMES, answer_sentence, name_in
 from service.core.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 
 ANCESTOR_RANKS: tuple[str, ...] = ("order", "family", "genus")
@@ -41,10 +42,20 @@ class TaxonNode:
     common_name: str | None = None
     children: list[str] = field(default_factory=list)
     info: LabelTaxon | None = None
+    common_names: dict[str, str] = field(default_factory=dict)  # other languages than English: {code: name}
 
     def as_dict(self) -> dict[str, object]:
         return {"key": self.key, "name": self.name, "rank": self.rank, "label": self.label,
                 "common_name": self.common_name}
+
+    def common_name_in(self, language: str) -> str | None:
+        """The common name in ``language`` (English: :attr:`common_name`); None where that language has none."""
+        return name_in(self.common_name, self.common_names, language)
+
+    def all_common_names(self) -> dict[str, str]:
+        """Every known common name, English included: ``{code: name}``."""
+        names = {DEFAULT_LANGUAGE: self.common_name} if self.common_name else {}
+        return {**names, **self.common_names}
 
 
 def rank_index(rank: str) -> int:
@@ -75,10 +86,11 @@ class TaxonTree:
             if node.label is not None and existing.label is None:
                 existing.label, existing.info = node.label, node.info
                 existing.common_name = node.common_name or existing.common_name
-                self._index(existing, node.label, node.common_name)
+                existing.common_names = {**existing.common_names, **node.common_names}
+                self._index(existing, node.label, node.common_name, *node.common_names.values())
             return existing
         self.nodes[node.key] = node
-        self._index(node, node.name, node.label, node.common_name)
+        self._index(node, node.name, node.label, node.common_name, *node.common_names.values())
         if node.parent is not None:
             self.nodes[node.parent].children.append(node.key)
         return node
@@ -95,11 +107,14 @@ class TaxonTree:
         own_rank = label_rank(info)
         if own_rank == NOT_A_TAXON:
             node = self._add(TaxonNode(key=f"label:{label}", name=info.scientific_name or label, rank=NOT_A_TAXON,
-                                       label=label, common_name=info.common_name, info=info))
+                                       label=label, common_name=info.common_name, info=info,
+                                       common_names=info.common_names))
             self._label_keys[label] = node.key
             return node
+        root_names = {code: name for code, name in ROOT_COMMON_NAMES.items() if code != DEFAULT_LANGUAGE}
         parent: str | None = self._add(TaxonNode(key=ROOT_KEY, name=ROOT_NAME, rank=ROOT_RANK,
-                                                 common_name="Insect")).key
+                                                 common_name=ROOT_COMMON_NAMES[DEFAULT_LANGUAGE],
+                                                 common_names=root_names)).key
         own_name = (info.scientific_name or label).strip()
         for rank in ANCESTOR_RANKS:
             if rank_index(rank) >= rank_index(own_rank):
@@ -112,7 +127,7 @@ class TaxonTree:
             parent = key
         key = f"label:{label}" if own_rank == "species" else f"{own_rank}:{own_name}"
         node = self._add(TaxonNode(key=key, name=own_name, rank=own_rank, parent=parent, label=label,
-                                   common_name=info.common_name, info=info))
+                                   common_name=info.common_name, info=info, common_names=info.common_names))
         self._label_keys[label] = node.key
         return node
 
@@ -290,20 +305,15 @@ def committed_answer(tree: TaxonTree, scores: Mapping[str, float], thresholds: M
     return Rollup(key=node.key, name=node.name, rank=node.rank, score=min(1.0, best[1]), kind=kind)
 
 
-def plain_answer(tree: TaxonTree, answer: Rollup | None) -> str:
-    """The committed answer in plain words, as the volunteer page shows it."""
+def plain_answer(tree: TaxonTree, answer: Rollup | None, language: str = DEFAULT_LANGUAGE) -> str:
+    """The committed answer in plain words, as the volunteer page shows it, in ``language`` (the taxon's common
+    name in that language where it has one; see :mod:`service.core.languages`)."""
     if answer is None:
-        return "Not sure: the photo does not show enough to name anything. Try a closer, sharper photo."
-    if answer.kind == NO_INSECT:
-        return "No insect found in this photo: try closer."
-    if answer.kind == "insect":
-        return "An insect we cannot place yet: an expert will look at it."
+        return answer_sentence(None, None, None, None, language)
+    if answer.kind in (NO_INSECT, "insect"):
+        return answer_sentence(answer.kind, answer.rank, None, None, language)
     node = tree.nodes[answer.key]
-    common = node.common_name
-    if answer.rank == "species":
-        return f"{common} ({node.name})" if common and common != node.name else node.name
-    what = f"{common} ({answer.rank} {node.name})" if common else f"{answer.rank.capitalize()} {node.name}"
-    return f"{what}: the species needs an expert."
+    return answer_sentence("taxon", answer.rank, node.name, node.common_name_in(language), language)
 
 
 def top_k(scores: Sequence[float], labels: Sequence[str], k: int,

@@ -167,7 +167,7 @@ def _taxon_public(clf: Classifier, key: str) -> TaxonPublic:
         ranks.setdefault(node.rank, node.name)
         info = node.info
         found = TaxonPublic(label=node.label, scientific_name=node.name, common_name=node.common_name,
-                            rank=node.rank,
+                            common_names=node.all_common_names(), rank=node.rank,
                             genus=ranks.get("genus") or (info.genus if info else None),
                             family=ranks.get("family") or (info.family if info else None),
                             order=ranks.get("order") or (info.order if info else None))

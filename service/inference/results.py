@@ -21,16 +21,37 @@ class TaxonPublic(BaseModel):
     label: str | None = Field(None, description="the model label whose node this is; null for a taxon that "
                                                 "only groups labels")
     scientific_name: str
-    common_name: str | None = None
+    common_name: str | None = Field(None, description="the common name in the response's language "
+                                    "(Content-Language); null where that language has none")
+    common_names: dict[str, str] = Field(default_factory=dict, description="every known common name by language "
+                                         "code, English included: {\"en\": \"Peacock\", \"fr\": \"Paon-du-jour\"}")
     rank: str = Field(description="species, genus, family, order, class; `none` for `no_insect`")
     genus: str | None = None
     family: str | None = None
     order: str | None = None
 
 
+class NearbyScore(BaseModel):
+    """Where and when as evidence for one suggestion (see :mod:`service.nearby.evidence`)."""
+
+    records: int = Field(description="validated observations and imported occurrences of this taxon (its "
+                                     "descendants included) within radius_km and the season window")
+    radius_km: float
+    month: int = Field(description="the month of the photo, 1..12")
+    season_days: int = Field(description="the season window: this many days either side of the photo's day "
+                                         "of the year, whatever the year")
+    score: float = Field(description="the prior: (records + alpha) / (all records nearby + alpha * classes)")
+    factor: float = Field(description="what the score was multiplied by: (prior / uniform prior) clipped, to "
+                                      "the power of the weight")
+    combined: float = Field(description="score x factor, renormalised over the listed suggestions; the "
+                                        "suggestions are ordered by it")
+
+
 class TaxonScore(BaseModel):
     taxon: TaxonPublic
-    score: float = Field(description="calibrated probability, 0..1")
+    score: float = Field(description="calibrated probability, 0..1 (the model's, never changed by nearby)")
+    nearby: NearbyScore | None = Field(None, description="where and when as evidence, when it was used and "
+                                                         "this suggestion is a taxon")
 
 
 class RollupPublic(BaseModel):
@@ -69,6 +90,22 @@ class PhotoResult(BaseModel):
     timings_ms: dict[str, float]
 
 
+class NearbyPublic(BaseModel):
+    """Whether where and when re-ranked the suggestions, and for which place and season."""
+
+    used: bool = Field(description="true when the suggestions were re-ranked by the records nearby")
+    reason: str | None = Field(None, description="why not, when not used: no_place, switched_off")
+    latitude: float | None = None
+    longitude: float | None = None
+    observed_on: str | None = Field(None, description="the date (YYYY-MM-DD) whose season was looked at")
+    month: int | None = None
+    radius_km: float | None = None
+    season_days: int | None = None
+    records: int = Field(0, description="all records (every taxon) within the radius and the season window")
+    observations: int = Field(0, description="of which validated observations")
+    occurrences: int = Field(0, description="of which imported occurrences")
+
+
 class IdentifyResponse(BaseModel):
     """Top-k taxa fused over all photos, the roll-up, and the per-photo answers."""
 
@@ -80,6 +117,8 @@ class IdentifyResponse(BaseModel):
         description="true when the photos look unlike every species the model knows (mean energy below "
         "the card's threshold): the roll-up then stops at genus or coarser")
     taxon_filter: TaxonPublic | None = Field(None, description="the subtree answers were restricted to")
+    nearby: NearbyPublic | None = Field(None, description="where and when as evidence (a place was sent, or "
+                                                          "nearby was asked for); the roll-up never uses it")
     images: list[PhotoResult]
     timings_ms: dict[str, float] = Field(description="decode (decode + preprocess, all photos, wall time), "
                                                      "queue, inference, total")

@@ -22,9 +22,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.errors import InvalidRequest, NotFound
+from service.core.languages import DEFAULT_LANGUAGE, ROOT_COMMON_NAMES
 from service.core.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 from service.core.taxonomy import read_taxonomy_csv
-from service.store.tables import Taxon, TaxonLabel
+from service.store.tables import Taxon, TaxonLabel, TaxonName
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ logger = logging.getLogger(__name__)
 TAXA_LOCK_KEY = 0x7461786100000001
 
 
-ROOT_COMMON_NAME = "Insect"
+ROOT_COMMON_NAME = ROOT_COMMON_NAMES[DEFAULT_LANGUAGE]
+# Class Insecta's names in other languages (the ``taxon_names`` rows of the root).
+ROOT_OTHER_NAMES = {code: name for code, name in ROOT_COMMON_NAMES.items() if code != DEFAULT_LANGUAGE}
 
 
 class UnknownTaxon(InvalidRequest):
@@ -51,9 +54,10 @@ def _lock(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": TAXA_LOCK_KEY})
 
 
-def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None]]:
-    """``[(rank, scientific_name, common_name)]`` from the root (class Insecta, or the coarsest ancestor the
-    taxonomy names) down to the label's own taxon; empty for a label that is not a taxon (``no_insect``).
+def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None, dict[str, str]]]:
+    """``[(rank, scientific_name, common_name, {language: name})]`` from the root (class Insecta, or the coarsest
+    ancestor the taxonomy names) down to the label's own taxon; empty for a label that is not a taxon
+    (``no_insect``). The names in other languages than English come from ``common_name_<code>`` fields.
 
     A label above species is its taxon: ``bombus`` (rank genus) gives ``[class Insecta, order Hymenoptera,
     family Apidae, genus Bombus]``; its name is the scientific name, else the taxonomy's entry at its own
@@ -67,15 +71,15 @@ def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None
     root_index = RANKS.index(ROOT_RANK)
     if leaf_index > root_index and not (isinstance(values.get(ROOT_RANK), str) and values[ROOT_RANK].strip()):
         values[ROOT_RANK] = ROOT_NAME
-    chain: list[tuple[str, str, str | None]] = []
+    chain: list[tuple[str, str, str | None, dict[str, str]]] = []
     for rank in RANKS[:leaf_index]:
         name = values.get(rank)
         if isinstance(name, str) and name.strip():
-            common = ROOT_COMMON_NAME if (rank, name.strip()) == (ROOT_RANK, ROOT_NAME) else None
-            chain.append((rank, name.strip(), common))
+            root = (rank, name.strip()) == (ROOT_RANK, ROOT_NAME)
+            chain.append((rank, name.strip(), ROOT_COMMON_NAME if root else None, ROOT_OTHER_NAMES if root else {}))
     own = values.get(leaf_rank) if leaf_rank != "species" else None
     name = info.scientific_name or (own if isinstance(own, str) and own.strip() else None) or label
-    chain.append((leaf_rank, name.strip(), info.common_name))
+    chain.append((leaf_rank, name.strip(), info.common_name, info.common_names))
     return chain
 
 
@@ -107,6 +111,7 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
     }
     by_id: dict[int, Taxon] = {t.id: t for t in existing.values()}
     labels: dict[str, TaxonLabel] = {row.label: row for row in session.scalars(select(TaxonLabel))}
+    names: dict[tuple[int, str], TaxonName] = {(n.taxon_id, n.language): n for n in session.scalars(select(TaxonName))}
     changed = False
     for label, info in entries.items():
         lineage = _lineage_of(label, info)
@@ -118,11 +123,12 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
                 result.labels += 1
             continue
         parent: Taxon | None = None
-        for depth, (rank, name, common) in enumerate(lineage):
+        for depth, (rank, name, common, others) in enumerate(lineage):
             # Class Insecta and coarser are shared by every group: they take no label's group.
             coarse = rank in RANKS and RANKS.index(rank) <= RANKS.index(ROOT_RANK)
             group = info.group if depth == len(lineage) - 1 or not coarse else None
             node = existing.get((rank, name))
+            fresh = node is None
             if node is None:
                 node = Taxon(
                     rank=rank,
@@ -150,6 +156,17 @@ def sync_taxa(session: Session, entries: Mapping[str, LabelTaxon]) -> SyncResult
                     changed = True
                 if group and not node.group:
                     node.group = group
+            for language, other in others.items():
+                # A newer, non-empty name in a language replaces the old one; a blank one never removes it.
+                known = names.get((node.id, language))
+                if known is None:
+                    known = TaxonName(taxon_id=node.id, language=language, name=other)
+                    session.add(known)
+                    names[(node.id, language)] = known
+                    result.updated += 0 if fresh else 1
+                elif known.name != other:
+                    known.name = other
+                    result.updated += 1
             parent = node
         assert parent is not None
         row = labels.get(label)
@@ -243,10 +260,12 @@ def resolve_taxon(session: Session, ref: int | str) -> Taxon:
         if labelled is not None and labelled.rank != NOT_A_TAXON:
             return labelled
     folded = name.casefold()
+    named = select(TaxonName.taxon_id).where(func.lower(TaxonName.name) == folded)
     matches = list(
         session.scalars(
             select(Taxon).where(
-                or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded),
+                or_(func.lower(Taxon.scientific_name) == folded, func.lower(Taxon.common_name) == folded,
+                    Taxon.id.in_(named)),
                 Taxon.rank != NOT_A_TAXON,
             )
         )
@@ -321,15 +340,17 @@ def _escape_like(value: str) -> str:
 def search_taxa(
     session: Session, q: str | None, *, rank: str | None = None, limit: int = 20, offset: int = 0
 ) -> tuple[list[Taxon], int]:
-    """Taxa whose scientific or common name, or a word of it, starts with ``q`` (case-insensitive)."""
+    """Taxa whose scientific or common name (in any language), or a word of it, starts with ``q``
+    (case-insensitive)."""
     conditions: list[ColumnElement[bool]] = [Taxon.rank != NOT_A_TAXON]
     if q:
         p = _escape_like(q.strip().casefold())
         name_conds = []
-        for col in (Taxon.scientific_name, Taxon.common_name):
+        for col in (Taxon.scientific_name, Taxon.common_name, TaxonName.name):
             low = func.lower(col)
-            name_conds.append(low.like(f"{p}%", escape="\\"))
-            name_conds.append(low.like(f"% {p}%", escape="\\"))
+            cond = or_(low.like(f"{p}%", escape="\\"), low.like(f"% {p}%", escape="\\"))
+            name_conds.append(Taxon.id.in_(select(TaxonName.taxon_id).where(cond)) if col is TaxonName.name
+                              else cond)
         conditions.append(or_(*name_conds))
     if rank:
         conditions.append(Taxon.rank == rank)
@@ -347,6 +368,17 @@ def search_taxa(
         order.insert(0, case((starts, 0), else_=1))
     rows = list(session.scalars(base.order_by(*order).limit(limit).offset(offset)))
     return rows, int(count)
+
+
+def common_names(session: Session, taxa: Iterable[Taxon]) -> dict[int, dict[str, str]]:
+    """Every known common name of these taxa, English included: ``{taxon_id: {language: name}}`` (one query)."""
+    rows = list(taxa)
+    out: dict[int, dict[str, str]] = {t.id: ({DEFAULT_LANGUAGE: t.common_name} if t.common_name else {})
+                                      for t in rows}
+    if out:
+        for n in session.scalars(select(TaxonName).where(TaxonName.taxon_id.in_(list(out)))):
+            out[n.taxon_id][n.language] = n.name
+    return out
 
 
 def labels_of(session: Session, taxon_id: int) -> list[str]:

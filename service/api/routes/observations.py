@@ -15,6 +15,7 @@ from pydantic import BeforeValidator
 from service.accounts import ALL_ROLES
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.api.errors import BODY_ERRORS, errors
+from service.api.languages import LanguageDep
 from service.api.schemas.observations import ObservationPublic, ObservationsPublic, ObservationUpdate, iso_8601
 from service.core.imaging import check_upload_head
 from service.core.preprocess import decode_min_side
@@ -79,6 +80,7 @@ async def create_observation(
     response: Response,
     user: CurrentUser,
     settings: SettingsDep,
+    language: LanguageDep,
     photos: Annotated[list[UploadFile], File(description="1–5 photos of one insect")],
     observed_at: Annotated[
         datetime | None, BeforeValidator(iso_8601),
@@ -153,7 +155,7 @@ async def create_observation(
     def render() -> Any:
         with factory() as s:
             obs = s.get(Observation, created.observation.id)
-            return to_public(s, [obs])[0]
+            return to_public(s, [obs], language)[0]
 
     return await run_in_threadpool(render)
 
@@ -162,6 +164,7 @@ async def create_observation(
 def list_observations(
     user: CurrentUser,
     session: SessionDep,
+    language: LanguageDep,
     status_: Annotated[ObservationStatus | None, Query(alias="status")] = None,
     taxon: Annotated[
         str | None, Query(max_length=255, description="taxon id or name; includes descendants")
@@ -191,22 +194,22 @@ def list_observations(
         cursor=cursor,
     )
     rows, count, next_cursor = queries.list_observations(session, user, f)
-    return {"data": to_public(session, rows), "count": count, "next_cursor": next_cursor}
+    return {"data": to_public(session, rows, language), "count": count, "next_cursor": next_cursor}
 
 
 @router.get("/{observation_id}", response_model=ObservationPublic, responses=errors(404, 422))
-def read_observation(observation_id: int, user: CurrentUser, session: SessionDep) -> Any:
+def read_observation(observation_id: int, user: CurrentUser, session: SessionDep, language: LanguageDep) -> Any:
     """One observation with its photos, prediction and consensus."""
     obs = store.get_observation_for(session, user, observation_id)
-    return to_public(session, [obs])[0]
+    return to_public(session, [obs], language)[0]
 
 
 @router.patch("/{observation_id}", response_model=ObservationPublic, responses=errors(*BODY_ERRORS, 404))
 def update_observation(
-    observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep
+    observation_id: int, body: ObservationUpdate, user: CurrentUser, session: SessionDep, language: LanguageDep
 ) -> Any:
     """Edit an observation's metadata (its observer or an admin)."""
     obs = store.get_observation_for(session, user, observation_id, for_update=True)
     store.update_observation(session, user, obs, body.model_dump(exclude_unset=True))
     session.commit()
-    return to_public(session, [obs])[0]
+    return to_public(session, [obs], language)[0]

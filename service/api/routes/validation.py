@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, status
 from service.accounts import Role
 from service.api.deps import CurrentUser, SessionDep, SettingsDep, require_role
 from service.api.errors import errors
+from service.api.languages import LanguageDep
 from service.api.schemas.observations import QueuePublic
 from service.api.schemas.validation import ValidationStatsPublic
 from service.observations.public import to_public
@@ -30,6 +31,7 @@ def read_queue(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    language: LanguageDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     taxon: Annotated[str | None, Query(max_length=255, description="only this taxon group (id, label or name): "
                                                                    "the observation's current taxon is in it")] = None,
@@ -59,7 +61,7 @@ def read_queue(
                                  observed_from=observed_from, observed_to=observed_to, tz=tz)
     rows, expires = queue.claim_queue(session, settings, user, limit=limit, filters=filters)
     session.commit()
-    public = to_public(session, rows)
+    public = to_public(session, rows, language)
     return {"data": [{"observation": o, "lease_expires_at": expires} for o in public], "count": len(public)}
 
 

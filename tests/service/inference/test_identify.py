@@ -20,7 +20,8 @@ def test_identify_red_photo_on_a_real_database(settings: Settings) -> None:
     assert body["model"] == {"name": "tiny", "version": "1"}
     top = body["results"][0]
     assert top["taxon"] == {"label": "red_admiral", "scientific_name": "Vanessa atalanta",
-                            "common_name": "Red admiral", "rank": "species", "genus": "Vanessa",
+                            "common_name": "Red admiral", "common_names": {"en": "Red admiral"},
+                            "rank": "species", "genus": "Vanessa",
                             "family": "Nymphalidae", "order": "Lepidoptera"}
     assert top["score"] > 0.9
     assert len(body["results"]) == 3  # top_k=5 capped at the 3 labels
