@@ -60,8 +60,9 @@ function renderItem(obs) {
   state.taxonChoice = null;
   $("item").classList.remove("hidden");
   $("item-title").textContent = `Observation ${obs.id}`;
-  const thumbs = obs.photos.map((p, i) => el("img", { alt: `Photo ${i + 1}`, tabindex: 0,
-    onclick: () => showPhoto(i), onkeydown: (e) => { if (e.key === "Enter") showPhoto(i); } }));
+  const thumbs = obs.photos.map((p, i) => el("img", { alt: `Photo ${i + 1}`, tabindex: 0, role: "button",
+    onclick: () => showPhoto(i),
+    onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); showPhoto(i); } } }));
   $("thumbs").replaceChildren(...thumbs);
   obs.photos.forEach((p, i) => authedImageUrl(p.url).then((url) => { thumbs[i].src = url; }));
   if (obs.photos.length) showPhoto(0);

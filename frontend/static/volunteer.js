@@ -85,6 +85,8 @@ async function identify() {
     state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
     renderResults(state.result);
     fillFromExif(state.prepared.exif);
+    // Keyboard and screen-reader users land on the results (the next Tab reaches the candidates).
+    $("results-title").focus();
     $("identify-status").textContent = `Model ${state.result.model.name} ${state.result.model.version}`;
   } catch (error) {
     showError($("identify-error"), error);
@@ -186,6 +188,7 @@ async function submitObservation(event) {
     $("results-panel").classList.add("hidden");
     $("details-panel").classList.add("hidden");
     $("photos").value = "";
+    $("photos").focus(); // the submit button is hidden now: focus goes back to the start, for the next insect
     await loadMine();
   } catch (error) {
     showError($("submit-error"), error);
