@@ -1,6 +1,7 @@
 // pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
 import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
 import { answerKind, renderAnswer, taxonNameNodes } from "./answer.js";
+import { referenceStrip } from "./references.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
@@ -81,8 +82,10 @@ function renderItem(obs) {
     s.taxon.rank === "none"
       // "No insect" is not a taxon to propose; the candidate is listed with its score only.
       ? el("span", {}, ...taxonNameNodes(s.taxon), ` — ${percent(s.score)}`)
-      : el("button", { type: "button", class: "secondary", onclick: () => chooseTaxon(s.taxon.label, taxonName(s.taxon)) },
-        ...taxonNameNodes(s.taxon), s.taxon.common_name ? ` (${s.taxon.common_name})` : "", ` — ${percent(s.score)}`))));
+      : [el("button", { type: "button", class: "secondary", onclick: () => chooseTaxon(s.taxon.label, taxonName(s.taxon)) },
+        ...taxonNameNodes(s.taxon), s.taxon.common_name ? ` (${s.taxon.common_name})` : "", ` — ${percent(s.score)}`),
+      // Photos of the candidate to compare with (references.js).
+      referenceStrip(s.taxon.label || s.taxon.scientific_name, { name: s.taxon.scientific_name })])));
   if (!suggestions.length) $("suggestions").replaceChildren(el("li", { class: "muted" }, "No model suggestion stored."));
   $("comment").value = "";
   $("taxon").value = "";

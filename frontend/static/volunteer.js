@@ -2,6 +2,7 @@
 import { api, el, fillSelect, getKey, percent, setupSignIn, showError, vocabulary } from "./api.js";
 import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
 import { preparePhotos } from "./photos.js";
+import { referenceStrip } from "./references.js";
 
 const MAX_PHOTOS = 5;
 const SESSION_MINUTES = 20;
@@ -47,22 +48,23 @@ function renderResults(result) {
   renderAnswerBox(result.rollup);
   const cards = $("cards");
   cards.replaceChildren();
-  const thumb = state.files[0] ? URL.createObjectURL(state.files[0]) : null;
   result.results.forEach((item, index) => {
     const t = item.taxon;
     const id = `pick-${index}`;
     const radio = el("input", { type: "radio", name: "pick", id, value: t.label,
       onchange: () => { state.picked = t; markSelected(); } });
     const common = t.rank !== "none" && t.common_name ? t.common_name : null;
-    cards.append(el("label", { class: "card", for: id, "data-label": t.label },
-      thumb ? el("img", { src: thumb, alt: "" }) : el("span"),
+    // Photos of the suggested taxon to compare with (references.js), not the volunteer's own photo again.
+    const refs = t.rank === "none" ? null : referenceStrip(t.label || t.scientific_name, { name: t.scientific_name });
+    cards.append(el("label", { class: "card with-refs", for: id, "data-label": t.label },
       el("div", {},
         el("div", { class: "row" }, radio, el("span", { class: "name" }, `${index + 1}. `, ...taxonNameNodes(t))),
         common ? el("div", {}, common) : null,
         el("div", { class: "bar", role: "img", "aria-label": `score ${percent(item.score)}` },
           el("span", { style: `width:${Math.max(2, Math.round(item.score * 100))}%` })),
         el("div", { class: "muted" }, `score ${percent(item.score)}`),
-        el("div", { class: "path" }, taxonPath(t)))));
+        el("div", { class: "path" }, taxonPath(t))),
+      refs));
   });
   $("pick-unknown").onchange = () => { state.picked = null; markSelected(); };
 }
