@@ -117,6 +117,9 @@ def build_dataset(spec: RetrainSpec | Mapping[str, Any]) -> dict[str, Any]:
     # ``rank`` keeps labels at any rank (``bombus`` genus, ``coleoptera`` order) and ``no_insect`` (rank none)
     # what they are; a label without a row would be read as a species named by its label.
     columns = ["label", "scientific_name", "common_name", "rank", "genus", "family", "order", "group"]
+    # Names in other languages (common_name_<code>) go along, so the new card keeps them.
+    columns += sorted({f"common_name_{code}" for label in classes if taxonomy.get(label) is not None
+                       for code in taxonomy[label].common_names})
     with tax_file.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

@@ -37,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.errors import Conflict, InvalidRequest
+from service.core.languages import COMMON_NAME_PREFIX
 from service.core.modelcard import CARD_FILENAME, NOT_A_TAXON, ONNX_FILENAME, RANKS
 from service.core.taxonomy import NO_INSECT
 from service.exports.lookups import TaxonCache as _Taxa
@@ -53,7 +54,7 @@ from service.settings import Settings
 from service.store.model_objects import fetch_version, read_manifest, upload_version
 from service.store.objects import media_store, model_store
 from service.store.storage import fetch_media
-from service.store.tables import ModelVersion, Taxon, TaxonLabel
+from service.store.tables import ModelVersion, Taxon, TaxonLabel, TaxonName
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,8 @@ def _reserve_version(models_dir: Path, name: str, wanted: str | None, existing: 
 
 
 def observation_taxonomy(session: Session, labels: set[str]) -> dict[str, dict[str, str | None]]:
-    """Taxonomy rows (``scientific_name, common_name, rank, genus, family, order``) for manifest labels.
+    """Taxonomy rows (``scientific_name, common_name, rank, genus, family, order``, and ``common_name_<code>``
+    for the names in other languages the ``taxon_names`` table has) for manifest labels.
 
     A label keeps its taxon's own rank (``bombus``: genus Bombus, with its family and order); ``no_insect``
     (photos the specialists found no insect in) is rank ``none``, not a taxon.
@@ -227,6 +229,8 @@ def observation_taxonomy(session: Session, labels: set[str]) -> dict[str, dict[s
             "genus": lineage.get("genus"),
             "family": lineage.get("family"),
             "order": lineage.get("order"),
+            **{f"{COMMON_NAME_PREFIX}{n.language}": n.name
+               for n in session.scalars(select(TaxonName).where(TaxonName.taxon_id == taxon.id))},
         }
     return out
 
@@ -261,8 +265,10 @@ def prepare(job_id: int, params: RetrainParams, *, factory: sessionmaker[Session
                 fetch_media(photo_store, {Path(row["path"]).name for row in manifest_rows}, media_root)
             taxonomy = work_dir / "observations_taxonomy.csv"
             rows = observation_taxonomy(session, labels)
+            # The names in other languages go along (common_name_<code>), so the new card keeps them.
+            languages = sorted({k for info in rows.values() for k in info if k.startswith(COMMON_NAME_PREFIX)})
             with taxonomy.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=TAXONOMY_COLUMNS)
+                writer = csv.DictWriter(fh, fieldnames=[*TAXONOMY_COLUMNS, *languages], restval="")
                 writer.writeheader()
                 for label, info in rows.items():
                     writer.writerow({"label": label, **{k: v or "" for k, v in info.items()}})
