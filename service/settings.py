@@ -130,6 +130,24 @@ class Settings(BaseSettings):
     export_title: str = "pollinid observations of pollinating insects"
     export_publisher: str = "pollinid"
 
+    # Where and when as evidence (service.nearby): records of each candidate taxon (validated observations and
+    # imported occurrences) within nearby_radius_km of the photo's place and nearby_season_days of its day of
+    # the year (circular) re-rank the suggestions, by at most the clip range; the committed answer never
+    # changes. The weights were chosen on the fit half of bench/nearby.py (docs/benchmarks.md).
+    nearby_radius_km: float = Field(default=100.0, gt=0, le=2000)
+    nearby_season_days: int = Field(default=30, ge=1, le=183)
+    nearby_alpha: float = Field(default=1.0, gt=0)
+    nearby_weight: float = Field(default=1.0, ge=0, le=4)
+    nearby_clip_low: float = Field(default=0.2, gt=0, le=1)
+    nearby_clip_high: float = Field(default=5.0, ge=1)
+    # Occurrence downloads (pollinid occurrences import, POST /api/v1/admin/occurrences): the archive's size
+    # (over the REST API it is also bounded by max_request_bytes), what it may unpack to, its compression
+    # ratio (zip bombs) and its number of rows.
+    occurrence_max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    occurrence_max_uncompressed_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    occurrence_max_compression_ratio: float = Field(default=100.0, ge=1)
+    occurrence_max_rows: int = Field(default=5_000_000, ge=1)
+
     # Activation polling (several processes share one database).
     model_poll_seconds: float = 2.0
 

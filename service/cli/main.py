@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 COMMANDS_GROUP = "pollinid.commands"
 # The service's own commands, used when the package's entry points are not installed (a bare checkout).
-OWN_COMMANDS: tuple[str, ...] = ("service.cli.serve", "service.cli.data", "service.cli.worker")
+OWN_COMMANDS: tuple[str, ...] = ("service.cli.serve", "service.cli.data", "service.cli.worker",
+                                 "service.cli.occurrences")
 
 
 def command_modules() -> Iterator[tuple[str, Callable[[], ModuleType]]]:

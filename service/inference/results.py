@@ -50,7 +50,7 @@ class NearbyScore(BaseModel):
 class TaxonScore(BaseModel):
     taxon: TaxonPublic
     score: float = Field(description="calibrated probability, 0..1 (the model's, never changed by nearby)")
-    nearby: NearbyScore | None = Field(None, description="where and when as evidence, when it was used and "
+    nearby: NearbyScore | None = Field(default=None, description="where and when as evidence, when it was used and "
                                                          "this suggestion is a taxon")
 
 
@@ -94,16 +94,16 @@ class NearbyPublic(BaseModel):
     """Whether where and when re-ranked the suggestions, and for which place and season."""
 
     used: bool = Field(description="true when the suggestions were re-ranked by the records nearby")
-    reason: str | None = Field(None, description="why not, when not used: no_place, switched_off")
+    reason: str | None = Field(default=None, description="why not, when not used: no_place, switched_off")
     latitude: float | None = None
     longitude: float | None = None
-    observed_on: str | None = Field(None, description="the date (YYYY-MM-DD) whose season was looked at")
+    observed_on: str | None = Field(default=None, description="the date (YYYY-MM-DD) whose season was looked at")
     month: int | None = None
     radius_km: float | None = None
     season_days: int | None = None
-    records: int = Field(0, description="all records (every taxon) within the radius and the season window")
-    observations: int = Field(0, description="of which validated observations")
-    occurrences: int = Field(0, description="of which imported occurrences")
+    records: int = Field(default=0, description="all records (every taxon) within the radius and the season window")
+    observations: int = Field(default=0, description="of which validated observations")
+    occurrences: int = Field(default=0, description="of which imported occurrences")
 
 
 class IdentifyResponse(BaseModel):
@@ -116,8 +116,8 @@ class IdentifyResponse(BaseModel):
     out_of_distribution: bool = Field(
         description="true when the photos look unlike every species the model knows (mean energy below "
         "the card's threshold): the roll-up then stops at genus or coarser")
-    taxon_filter: TaxonPublic | None = Field(None, description="the subtree answers were restricted to")
-    nearby: NearbyPublic | None = Field(None, description="where and when as evidence (a place was sent, or "
+    taxon_filter: TaxonPublic | None = Field(default=None, description="the subtree answers were restricted to")
+    nearby: NearbyPublic | None = Field(default=None, description="where and when as evidence (a place was sent, or "
                                                           "nearby was asked for); the roll-up never uses it")
     images: list[PhotoResult]
     timings_ms: dict[str, float] = Field(description="decode (decode + preprocess, all photos, wall time), "

@@ -8,6 +8,7 @@ from service import accounts as auth
 from service.accounts import Role
 from service.api.deps import SessionDep, SettingsDep, require_role
 from service.api.errors import BODY_ERRORS, errors
+from service.api.routes import occurrences
 from service.api.schemas.users import (
     ApiKeyCreated,
     ApiKeyPublic,
@@ -79,3 +80,7 @@ def revoke_key(user_id: int, key_id: int, session: SessionDep) -> ApiKeyPublic:
     row = auth.revoke_key(session=session, key_id=key_id, user_id=user_id)
     session.commit()
     return ApiKeyPublic.model_validate(row)
+
+
+# Occurrence downloads (where-and-when evidence): /admin/occurrences, under this router's admin role.
+router.include_router(occurrences.router)
