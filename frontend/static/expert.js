@@ -2,6 +2,7 @@
 import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
 import { answerKind, renderAnswer, taxonNameNodes } from "./answer.js";
 import { referenceStrip } from "./references.js";
+import { judged, resetQueue, setupQueue, takeNext } from "./queue.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
@@ -135,7 +136,7 @@ async function next() {
       $("item").classList.add("hidden");
       return;
     }
-    const page = await api("/api/v1/validation/queue", { query: { limit: 1 } });
+    const page = await takeNext(); // the prefetched next item when there is one (queue.js)
     if (!page.data.length) {
       $("queue-status").textContent = "The queue is empty. Thank you!";
       $("item").classList.add("hidden");
@@ -162,6 +163,7 @@ async function identify(kind) {
     $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replaceAll("_", " ")}` +
       (result.consensus.taxon ? ` — ${taxonName(result.consensus.taxon)}` : "");
     $("identify-status").classList.remove("hidden");
+    judged();
     await next();
   } catch (error) {
     showError($("identify-error"), error);
@@ -223,7 +225,8 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "-") zoomBy(0.8);
 });
 
-setupSignIn($("signin"), $("signin-status"), () => { state.me = null; next(); });
+setupSignIn($("signin"), $("signin-status"), () => { state.me = null; resetQueue({ keepLeases: true }); next(); });
+setupQueue(next);
 setupViewer();
 setupAutocomplete();
 $("next").addEventListener("click", next);
