@@ -28,6 +28,10 @@ def test_wheel_install_finds_the_bundled_model_and_pages(tmp_path):
     assert count == len(bundled) >= 1
     for rel in bundled:
         assert (models_dir / rel).is_file() and (models_dir / rel).with_name("model.json").is_file()
+    # The reference photos ship beside the versions (and are not taken for one: count above).
+    references = sorted(p.name for p in (ROOT / "models" / "references").iterdir())
+    assert "index.json" in references and len(references) > 100
+    assert sorted(p.name for p in (models_dir / "references").iterdir()) == references
 
 
 RETRAIN_PROBE = r"""

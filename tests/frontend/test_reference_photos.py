@@ -118,4 +118,4 @@ def test_reference_photos_speak_french(live_server: Any, page: Any) -> None:
     admiral = _strip(page, page.locator(".card[data-label='red_admiral']"))
     _assert_loaded(page, admiral, 3)
     assert admiral.locator(".refs-credit").inner_text().startswith("Photos : ")
-    assert "Photo de référence 1 sur 3 : Vanessa atalanta" == admiral.locator("img").first.get_attribute("alt")
+    assert admiral.locator("img").first.get_attribute("alt") == "Photo de référence 1 sur 3 : Vanessa atalanta"

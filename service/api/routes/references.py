@@ -62,7 +62,7 @@ IMAGE: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/reference-photos/bundled/{name}", response_class=FileResponse, responses={**IMAGE, **errors(404)})
+@router.get("/reference-photos/bundled/{name}", response_class=FileResponse, responses={**IMAGE, **errors(404, 422)})
 def bundled_photo(name: str, request: Request, settings: SettingsDep) -> Response:
     """A photo of the set shipped with the models."""
     path, sha256 = references.bundled_file(settings, name)
@@ -70,7 +70,7 @@ def bundled_photo(name: str, request: Request, settings: SettingsDep) -> Respons
 
 
 @router.get("/reference-photos/observations/{name}", response_class=FileResponse,
-            responses={**IMAGE, **errors(404, {503: "the object store is unavailable: retry after Retry-After "
+            responses={**IMAGE, **errors(404, 422, {503: "the object store is unavailable: retry after Retry-After "
                                                     "seconds"})})
 def observation_photo(name: str, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The small copy (``<sha256>.jpg``) of a photo of a validated observation whose licence allows reuse."""

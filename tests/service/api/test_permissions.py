@@ -18,12 +18,14 @@ from service.settings import Settings
 from tests.service.observation_support import Env, make_env
 
 # Routes that need no key: the web pages (they call the API with the user's key), health, metrics, taxa,
-# the vocabulary and the API docs. Any other route must declare its roles with require_role(...).
+# the reference photos (validated observations with a reusable licence, and the bundled set), the vocabulary
+# and the API docs. Any other route must declare its roles with require_role(...).
 PUBLIC_MODULES = {
     "service.api.routes.pages",
     "service.api.routes.health",
     "service.api.routes.metrics",
     "service.api.routes.taxa",
+    "service.api.routes.references",
     "service.api.routes.vocabulary",
     "fastapi.applications",
 }
