@@ -10,8 +10,9 @@ from fastapi.responses import FileResponse, Response
 
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import errors
+from service.api.languages import LanguageDep
+from service.api.routes.taxa import public_taxa
 from service.api.schemas.references import ReferencePhotoPublic, ReferencePhotosPublic
-from service.api.schemas.taxa import TaxonPublic
 from service.core.errors import NotFound
 from service.observations import references, taxa
 
@@ -28,6 +29,7 @@ def taxon_photos(
     taxon: str,
     session: SessionDep,
     settings: SettingsDep,
+    language: LanguageDep,
     limit: int = Query(3, ge=1, le=references.MAX_LIMIT),
 ) -> ReferencePhotosPublic:
     """Photos to compare with: those of validated observations of the taxon (or of taxa below it) whose licence
@@ -41,7 +43,7 @@ def taxon_photos(
         raise NotFound(exc.message) from None
     photos = references.taxon_photos(session, settings, found, limit=limit)
     return ReferencePhotosPublic(
-        taxon=TaxonPublic.model_validate(found),
+        taxon=public_taxa(session, [found], language)[0],  # its common name in the asked language
         data=[ReferencePhotoPublic.model_validate(p) for p in photos],
         count=len(photos),
     )

@@ -91,6 +91,9 @@ def test_a_lepidoptera_species_of_the_shipped_model_gets_its_bundled_photos(env:
     by_name = _photos(env, "Polyommatus bellargus").json()
     assert [i["url"] for i in by_name["data"]] == [i["url"] for i in body["data"]]
     assert _photos(env, str(body["taxon"]["id"])).json()["data"] == body["data"]
+    # The taxon is named in the language asked for.
+    fr = env.client.get("/api/v1/taxa/adonis/photos", headers={"Accept-Language": "fr-FR,fr;q=0.9"})
+    assert fr.json()["taxon"]["common_name"] == "Bel-Argus" and fr.json()["data"] == body["data"]
 
 
 def test_a_family_shows_one_photo_of_each_species_before_a_second(env: Env) -> None:  # noqa: F811
