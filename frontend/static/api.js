@@ -101,7 +101,8 @@ export function percent(score) { return `${Math.round(score * 100)}%`; }
 /** Wire the sign-in form shared by every page. */
 export function setupSignIn(form, status, onChange) {
   const input = form.querySelector("input");
-  input.value = getKey();
+  // The page's scripts may run after a quick person has started typing their key: never wipe what is typed.
+  if (!input.value) input.value = getKey();
   const render = () => { status.textContent = getKey() ? "Signed in with a key." : "Not signed in."; };
   form.addEventListener("submit", (event) => {
     event.preventDefault();

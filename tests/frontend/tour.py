@@ -82,6 +82,16 @@ def _go(page: Any, cast: Cast, path: str, key: str | None) -> None:
     page.wait_for_load_state("load")
 
 
+def _settled(page: Any) -> None:
+    """Wait until nothing on the page is still loading: parts that load when seen (reference photos) are
+    scrolled into view first."""
+    for handle in page.query_selector_all("[aria-busy='true']"):
+        handle.scroll_into_view_if_needed()
+    page.wait_for_function("() => !document.querySelector('[aria-busy=\"true\"]')")
+    page.wait_for_load_state("networkidle")
+    page.evaluate("window.scrollTo(0, 0)")
+
+
 def volunteer_empty(page: Any, cast: Cast) -> None:
     _go(page, cast, "/", None)
     page.locator("#mine tr").first.wait_for()
@@ -95,6 +105,7 @@ def volunteer_results(page: Any, cast: Cast) -> None:
     page.locator("#identify").click()
     page.locator("#cards .card").first.wait_for()
     page.locator("#details-panel:not(.hidden)").wait_for()
+    _settled(page)
 
 
 def expert_signed_out(page: Any, cast: Cast) -> None:
@@ -108,6 +119,7 @@ def expert_item(page: Any, cast: Cast) -> None:
     page.locator("#item:not(.hidden)").wait_for()
     page.locator("#photo[src^='blob:']").wait_for()
     page.locator("#history tr").first.wait_for()
+    _settled(page)
 
 
 def admin_signed_out(page: Any, cast: Cast) -> None:
