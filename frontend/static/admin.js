@@ -536,10 +536,19 @@ async function loadAll() {
 }
 
 // Wide tables scroll inside their panel on a phone instead of widening the page (CSSOM: allowed by the CSP).
-for (const table of document.querySelectorAll("main table")) {
-  const box = el("div", { style: "overflow-x: auto; max-width: 100%" });
+// A box that scrolls is a stop for Tab, named by its table, so that the keyboard can scroll it (arrow keys).
+for (const [index, table] of [...document.querySelectorAll("main table")].entries()) {
+  const caption = table.querySelector("caption");
+  if (caption && !caption.id) caption.id = `table-caption-${index}`;
+  const box = el("div", { style: "overflow-x: auto; max-width: 100%", role: "region",
+    "aria-labelledby": table.getAttribute("aria-labelledby") || (caption && caption.id) });
   table.replaceWith(box);
   box.append(table);
+  const scrollable = () => {
+    if (box.scrollWidth > box.clientWidth) box.tabIndex = 0; else box.removeAttribute("tabindex");
+  };
+  new ResizeObserver(scrollable).observe(table);
+  new ResizeObserver(scrollable).observe(box);
 }
 wordsReady.catch(fail);
 setupSignIn($("signin"), $("signin-status"), loadAll);

@@ -150,6 +150,7 @@ SCENES = (
     Scene("expert-item", DESKTOP, expert_item),
     Scene("admin-signed-out", DESKTOP, admin_signed_out),
     Scene("admin-lists", DESKTOP, admin_lists),
+    Scene("admin-lists-phone", PHONE, admin_lists),  # wide tables scroll in their boxes
 )
 
 
