@@ -122,6 +122,15 @@ def expert_item(page: Any, cast: Cast) -> None:
     _settled(page)
 
 
+def expert_taxon_list(page: Any, cast: Cast) -> None:
+    """The specialist types a name: the taxon combobox shows its options, one of them active."""
+    expert_item(page, cast)
+    page.locator("#taxon").fill("Vanes")
+    page.locator("#taxon-list:not(.hidden) [role=option]").first.wait_for()
+    page.locator("#taxon").press("ArrowDown")
+    page.locator("#taxon-list [aria-selected=true]").wait_for()
+
+
 def admin_signed_out(page: Any, cast: Cast) -> None:
     _go(page, cast, "/admin", None)
     page.locator("#signin-status:not(:empty)").wait_for()
@@ -148,6 +157,7 @@ SCENES = (
     Scene("volunteer-results", PHONE, volunteer_results),
     Scene("expert-signed-out", DESKTOP, expert_signed_out),
     Scene("expert-item", DESKTOP, expert_item),
+    Scene("expert-taxon-list", DESKTOP, expert_taxon_list),
     Scene("admin-signed-out", DESKTOP, admin_signed_out),
     Scene("admin-lists", DESKTOP, admin_lists),
     Scene("admin-lists-phone", PHONE, admin_lists),  # wide tables scroll in their boxes
