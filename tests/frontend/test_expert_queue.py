@@ -62,7 +62,12 @@ def test_filters_narrow_the_queue(live_server, page):
     page.locator("#queue-filters-box summary").click()  # open the filter panel
     assert page.locator("#queue-filters-active").inner_text() == "none"
 
-    page.get_by_label("Near (latitude, longitude)").fill("45.76, 4.84")
+    # "Near me": the browser's location fills the place in.
+    page.context.grant_permissions(["geolocation"], origin=live_server.url)
+    page.context.set_geolocation({"latitude": 45.76, "longitude": 4.84, "accuracy": 30})
+    page.get_by_role("button", name="Near me").click()
+    page.get_by_text("Location found.").wait_for()
+    assert page.get_by_label("Near (latitude, longitude)").input_value() == "45.7600, 4.8400"
     page.get_by_label("Radius (km)").fill("30")
     page.get_by_label("Observed from").fill("2024-06-01")
     page.get_by_label("Observed until").fill("2024-06-30")
