@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.frontend.a11y import assert_accessible
 from tests.frontend.browser_support import make_user, sign_in
 
 pytestmark = pytest.mark.browser
@@ -34,8 +35,8 @@ def _assert_loaded(page: Any, strip: Any, count: int) -> None:
 
 def test_volunteer_cards_show_reference_photos_with_credit_or_say_there_is_none(live_server: Any, page: Any) -> None:
     page.goto(live_server.url + "/")
-    page.get_by_label("Take or choose 1 to 5 photos").set_input_files(str(FIXTURES / "red_admiral.jpg"))
-    page.get_by_role("button", name="Identify").click()
+    page.locator("#photos").set_input_files(str(FIXTURES / "red_admiral.jpg"))
+    page.locator("#identify").click()
     cards = page.locator(".card")
     cards.first.wait_for()
     assert cards.count() == 3
@@ -57,6 +58,7 @@ def test_volunteer_cards_show_reference_photos_with_credit_or_say_there_is_none(
     assert blue.locator("img").count() == 0
     assert blue.locator(".refs-none").inner_text() == "No reference photo for this taxon yet"
 
+    assert_accessible(page, "volunteer cards with reference photos")
     # Choosing a card still works with the photos inside it.
     page.locator(".card[data-label='red_admiral'] .refs img").first.click()
     assert "selected" in (page.locator(".card[data-label='red_admiral']").get_attribute("class") or "")
@@ -104,6 +106,7 @@ def test_specialist_candidates_show_a_validated_observation_first(live_server: A
 
     none = _strip(page, page.locator("#suggestions li").filter(has=page.locator(".refs[data-taxon='common_blue']")))
     assert none.locator(".refs-none").inner_text() == "No reference photo for this taxon yet"
+    assert_accessible(page, "specialist candidates with reference photos")
 
 
 def test_reference_photos_speak_french(live_server: Any, page: Any) -> None:
