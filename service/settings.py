@@ -137,9 +137,9 @@ class Settings(BaseSettings):
     nearby_radius_km: float = Field(default=100.0, gt=0, le=2000)
     nearby_season_days: int = Field(default=30, ge=1, le=183)
     nearby_alpha: float = Field(default=1.0, gt=0)
-    nearby_weight: float = Field(default=1.0, ge=0, le=4)
-    nearby_clip_low: float = Field(default=0.2, gt=0, le=1)
-    nearby_clip_high: float = Field(default=5.0, ge=1)
+    nearby_weight: float = Field(default=1.5, ge=0, le=4)
+    nearby_clip_low: float = Field(default=0.33, gt=0, le=1)
+    nearby_clip_high: float = Field(default=3.0, ge=1)
     # Occurrence downloads (pollinid occurrences import, POST /api/v1/admin/occurrences): the archive's size
     # (over the REST API it is also bounded by max_request_bytes), what it may unpack to, its compression
     # ratio (zip bombs) and its number of rows.

@@ -47,9 +47,9 @@ class NearbyParams:
     radius_km: float = 100.0
     season_days: int = 30
     alpha: float = 1.0
-    weight: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 5.0
+    weight: float = 1.5
+    clip_low: float = 0.33
+    clip_high: float = 3.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NearbyParams:
