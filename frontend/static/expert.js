@@ -2,6 +2,7 @@
 import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
 import { answerKind, renderAnswer, taxonNameNodes } from "./answer.js";
 import { referenceStrip } from "./references.js";
+import { mountPlaceView } from "./place.js";
 import { judged, resetQueue, setupQueue, takeNext } from "./queue.js";
 
 const $ = (id) => document.getElementById(id);
@@ -76,6 +77,7 @@ function renderItem(obs) {
     ["Community taxon", taxonName(obs.community_taxon)],
   ];
   $("meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+  placeView.show(obs); // the place on the map, read-only (place.js)
   const result = obs.prediction && obs.prediction.result;
   renderModelAnswer(result);
   const suggestions = (result && result.results) || [];
@@ -229,6 +231,7 @@ setupSignIn($("signin"), $("signin-status"), () => { state.me = null; resetQueue
 setupQueue(next);
 setupViewer();
 setupAutocomplete();
+const placeView = mountPlaceView($("place-view"));
 $("next").addEventListener("click", next);
 $("agree").addEventListener("click", () => identify("agree"));
 $("cannot-tell").addEventListener("click", () => identify("cannot_tell"));

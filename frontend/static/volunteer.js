@@ -2,6 +2,7 @@
 import { api, el, fillSelect, getKey, percent, setupSignIn, showError, vocabulary } from "./api.js";
 import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
 import { preparePhotos } from "./photos.js";
+import { mountPlacePicker } from "./place.js";
 import { referenceStrip } from "./references.js";
 
 const MAX_PHOTOS = 5;
@@ -105,33 +106,7 @@ function toLocalInput(date) {
 
 function fillFromExif(exif) {
   if (!$("observed-at").value) $("observed-at").value = exif.observedAt ? exif.observedAt.slice(0, 16) : toLocalInput(new Date());
-  if (exif.latitude !== undefined && !$("latitude").value) {
-    $("latitude").value = exif.latitude;
-    $("longitude").value = exif.longitude;
-    $("locator").textContent = "Position read from the photo.";
-  }
-  updateLocator();
-}
-
-function updateLocator() {
-  const lat = parseFloat($("latitude").value);
-  const lon = parseFloat($("longitude").value);
-  if (Number.isNaN(lat) || Number.isNaN(lon)) return;
-  const ns = lat >= 0 ? "N" : "S";
-  const ew = lon >= 0 ? "E" : "W";
-  // A simple offline locator: degrees and a 1-degree grid square, no tile server needed.
-  $("locator").textContent = `${Math.abs(lat).toFixed(4)}° ${ns}, ${Math.abs(lon).toFixed(4)}° ${ew} (grid ${Math.floor(lat)}/${Math.floor(lon)})`;
-}
-
-function locate() {
-  if (!navigator.geolocation) { $("locator").textContent = "This browser cannot give a position."; return; }
-  $("locator").textContent = "Locating…";
-  navigator.geolocation.getCurrentPosition((pos) => {
-    $("latitude").value = pos.coords.latitude.toFixed(6);
-    $("longitude").value = pos.coords.longitude.toFixed(6);
-    state.precision = Math.round(pos.coords.accuracy);
-    updateLocator();
-  }, (err) => { $("locator").textContent = `No position: ${err.message}`; }, { enableHighAccuracy: true, timeout: 10000 });
+  if (exif.latitude !== undefined) place.fromExif(exif.latitude, exif.longitude);
 }
 
 function currentSession() {
@@ -165,7 +140,8 @@ async function submitObservation(event) {
   if ($("latitude").value && $("longitude").value) {
     form.append("latitude", $("latitude").value);
     form.append("longitude", $("longitude").value);
-    if (state.precision) form.append("coordinate_precision_m", String(state.precision));
+    if (place.precision()) form.append("coordinate_precision_m", String(place.precision()));
+    if (place.source()) form.append("location_source", place.source());
   }
   if ($("flower").value.trim()) form.append("flower", $("flower").value.trim());
   if ($("licence").value) form.append("licence", $("licence").value); // else the service's default licence
@@ -240,9 +216,9 @@ $("photos").addEventListener("change", (event) => {
   renderPreviews();
 });
 $("identify").addEventListener("click", identify);
-$("locate").addEventListener("click", locate);
-$("latitude").addEventListener("input", updateLocator);
-$("longitude").addEventListener("input", updateLocator);
+// The map, the coordinate fields and "Use my location" (place.js keeps them in step).
+const place = mountPlacePicker({ map: $("place-map"), latitude: $("latitude"), longitude: $("longitude"),
+  locate: $("locate"), status: $("locator") });
 $("observation-form").addEventListener("submit", submitObservation);
 $("refresh-mine").addEventListener("click", loadMine);
 $("session-start").addEventListener("click", () => {

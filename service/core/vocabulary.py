@@ -23,6 +23,17 @@ class Licence(StrEnum):
 DEFAULT_LICENCE = Licence.cc_by
 
 
+class LocationSource(StrEnum):
+    """How an observation's place was given: read from a photo's EXIF GPS, the device's geolocation fix, picked
+    on the map, coordinates typed in, or sent without saying how (``user``, also what an edit records)."""
+
+    user = "user"
+    exif = "exif"
+    gps = "gps"
+    map = "map"
+    typed = "typed"
+
+
 class ObservationStatus(StrEnum):
     """Where an observation stands with the specialists (:mod:`service.validation.consensus` decides it)."""
 

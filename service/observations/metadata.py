@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.core.clock import as_utc
 from service.core.errors import InvalidRequest
-from service.core.vocabulary import DEFAULT_LICENCE, Licence
+from service.core.vocabulary import DEFAULT_LICENCE, Licence, LocationSource
 from service.observations.photos import UploadedPhoto, exif_datetime, exif_gps
 from service.observations.taxa import resolve_taxon
 from service.store.tables import utcnow
@@ -31,6 +31,7 @@ class ObservationInput:
     latitude: float | None = None
     longitude: float | None = None
     coordinate_precision_m: float | None = None
+    location_source: str | None = None  # a LocationSource; default "user" when coordinates are sent
     flower: str | None = None
     flower_taxon: str | None = None
     session_id: str | None = None
@@ -80,6 +81,18 @@ def check_coordinates(lat: float | None, lon: float | None, precision: float | N
         raise InvalidRequest("coordinate_precision_m must be between 0 and 1,000,000 metres")
 
 
+def check_location_source(value: str | None) -> str:
+    if value is None:
+        return LocationSource.user.value
+    try:
+        return LocationSource(value).value
+    except ValueError:
+        raise InvalidRequest(
+            f"unknown location_source {value!r}; known: {[v.value for v in LocationSource]}",
+            detail={"field": "location_source"},
+        ) from None
+
+
 def check_licence(value: str) -> str:
     try:
         return Licence(value).value
@@ -123,7 +136,10 @@ def resolve_metadata(
     observed_at = check_observed_at(observed_at)
     lat, lon, precision, loc_source = meta.latitude, meta.longitude, meta.coordinate_precision_m, None
     if lat is not None:
-        loc_source = "user"
+        loc_source = check_location_source(meta.location_source)
+    elif meta.location_source is not None:
+        raise InvalidRequest("location_source says how latitude and longitude were given: send them too",
+                             detail={"field": "location_source"})
     else:
         gps = next((g for p in photos if (g := exif_gps(p.decoded.exif)) is not None), None)
         if gps is not None:

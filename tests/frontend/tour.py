@@ -164,11 +164,14 @@ SCENES = (
 )
 
 
-def tour(browser: Any, cast: Cast, lang: str) -> Iterator[tuple[Scene, Any]]:
-    """Each scene in ``lang``, reached on a page of that language; the page's errors fail the tour."""
+def tour(browser: Any, cast: Cast, lang: str, only: set[str] | None = None) -> Iterator[tuple[Scene, Any]]:
+    """Each scene (or those named in ``only``) in ``lang``, reached on a page of that language; the page's errors
+    fail the tour."""
     pages: dict[tuple[int, int], Any] = {}
     try:
         for scene in SCENES:
+            if only is not None and scene.name not in only:
+                continue
             size = (scene.viewport["width"], scene.viewport["height"])
             if size not in pages:
                 pages[size] = open_page(browser, lang, scene.viewport)

@@ -19,7 +19,7 @@ from service.api.languages import LanguageDep
 from service.api.schemas.observations import ObservationPublic, ObservationsPublic, ObservationUpdate, iso_8601
 from service.core.imaging import check_upload_head
 from service.core.preprocess import decode_min_side
-from service.core.vocabulary import DEFAULT_LICENCE, Licence, ObservationStatus
+from service.core.vocabulary import DEFAULT_LICENCE, Licence, LocationSource, ObservationStatus
 from service.inference.classifier import Classifier
 from service.inference.identify import PreparedPhoto, identify_prepared, prepare_decoded
 from service.observations import photos as obs_photos
@@ -89,6 +89,10 @@ async def create_observation(
     latitude: Annotated[float | None, Form(description="WGS84; default: the photos' EXIF GPS")] = None,
     longitude: Annotated[float | None, Form()] = None,
     coordinate_precision_m: Annotated[float | None, Form(description="uncertainty radius, metres")] = None,
+    location_source: Annotated[
+        LocationSource | None,
+        Form(description="how latitude/longitude were given (gps fix, map pick, typed, exif); default user"),
+    ] = None,
     flower: Annotated[str | None, Form(max_length=255, description="visited flower, free text")] = None,
     flower_taxon: Annotated[str | None, Form(max_length=255, description="visited flower as a taxon")] = None,
     session_id: Annotated[str | None, Form(max_length=128, description="groups one SPIPOLL session")] = None,
@@ -131,6 +135,7 @@ async def create_observation(
         latitude=latitude,
         longitude=longitude,
         coordinate_precision_m=coordinate_precision_m,
+        location_source=location_source.value if location_source is not None else None,
         flower=flower,
         flower_taxon=flower_taxon,
         session_id=session_id,
