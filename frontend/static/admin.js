@@ -2,8 +2,11 @@
 // back, force activation with a reason, retire, activation history),
 // retrain and export jobs with live progress, users and keys. Plain ES module over the REST API.
 import { api, authedImageUrl, el, fillSelect, getKey, setupSignIn, showError, vocabulary } from "./api.js";
+import { formatDateTime, formatNumber, formatPercent, label, mountLanguageSwitch, t, translatePage } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
+translatePage();
+mountLanguageSwitch($("language"));
 const POLL_MS = 2000;
 // The service's vocabularies (GET /api/v1/vocabulary): job states, version states, export kinds, roles.
 let words = null;
@@ -18,11 +21,12 @@ let lastJobStates = new Map();
 
 function fmt(value, digits = 3) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
-  return typeof value === "number" ? value.toFixed(digits) : String(value);
+  return typeof value === "number"
+    ? formatNumber(value, { minimumFractionDigits: digits, maximumFractionDigits: digits }) : String(value);
 }
 
 function pct(value) {
-  return value === null || value === undefined ? "–" : `${Math.round(value * 1000) / 10}%`;
+  return value === null || value === undefined ? "–" : formatPercent(value, 1);
 }
 
 function clearError() { $("admin-error").classList.add("hidden"); }
@@ -31,10 +35,7 @@ function fail(error) { showError($("admin-error"), error); }
 // -- models --------------------------------------------------------------------------------------------
 
 // Display labels, keyed by the vocabulary's values (a value without a label is shown as is).
-const STATE_TEXT = {
-  released: "released", gate_passed: "gate passed", gate_failed: "gate failed", candidate: "candidate",
-  retired: "retired",
-};
+function stateText(state) { return label("admin.state_", state); }
 let usersById = new Map();
 let lastActivations = null;
 let versionAction = null; // { kind: "force" | "retire", model }
@@ -54,7 +55,7 @@ function modelsError(error) {
   let text = error instanceof Error ? error.message : String(error);
   if (error && error.status === 409 && error.body && error.body.error && error.body.error.detail
       && error.body.error.detail.state) {
-    text = `${text.replace(/[.\s]*$/, "")}. Use “Force activate…” and give a reason to activate it anyway.`;
+    text = `${text.replace(/[.\s]*$/, "")}. ${t("admin.use_force")}`;
   }
   box.textContent = error && error.status ? `${text} (HTTP ${error.status})` : text;
   box.classList.remove("hidden");
@@ -64,13 +65,13 @@ function clearModelsError() { $("models-error").classList.add("hidden"); }
 
 function stateBadges(m) {
   const badges = [];
-  if (m.active) badges.push(el("span", { class: "status validated" }, "active"));
+  if (m.active) badges.push(el("span", { class: "status validated" }, t("admin.badge_active")));
   if (m.state) {
-    const title = m.state_reason ? `${STATE_TEXT[m.state] || m.state}: ${m.state_reason}` : null;
-    badges.push(el("span", { class: `status state-${m.state.replace(/[^a-z_]/g, "")}`, title }, STATE_TEXT[m.state] || m.state));
+    const title = m.state_reason ? `${stateText(m.state)}: ${m.state_reason}` : null;
+    badges.push(el("span", { class: `status state-${m.state.replace(/[^a-z_]/g, "")}`, title }, stateText(m.state)));
   }
-  if (m.error) badges.push(el("span", { class: "status disputed", title: m.error }, "cannot serve"));
-  if (!badges.length) badges.push(el("span", { class: "status" }, "available"));
+  if (m.error) badges.push(el("span", { class: "status disputed", title: m.error }, t("admin.badge_cannot_serve")));
+  if (!badges.length) badges.push(el("span", { class: "status" }, t("admin.badge_available")));
   return el("div", { class: "badges" }, ...badges);
 }
 
@@ -83,38 +84,38 @@ async function loadModels() {
     if (!m.active) {
       if (needsForce(m)) {
         actions.push(el("button", {
-          type: "button", class: "danger", "aria-label": `Force activate ${ref}`,
+          type: "button", class: "danger", "aria-label": t("admin.force_activate_label", { ref }),
           onclick: () => openVersionAction("force", m), disabled: Boolean(m.error),
-        }, "Force activate…"));
+        }, t("admin.force_activate_button")));
       } else {
         actions.push(el("button", {
-          type: "button", class: "secondary", "aria-label": `Activate ${ref}`,
+          type: "button", class: "secondary", "aria-label": t("admin.activate_label", { ref }),
           onclick: () => activateModel(m), disabled: Boolean(m.error),
-        }, "Activate"));
+        }, t("admin.activate")));
       }
       if (m.state !== "retired") {
         actions.push(el("button", {
-          type: "button", class: "secondary", "aria-label": `Retire ${ref}`,
+          type: "button", class: "secondary", "aria-label": t("admin.retire_label", { ref }),
           onclick: () => openVersionAction("retire", m),
-        }, "Retire…"));
+        }, t("admin.retire_button")));
       }
     }
     actions.push(el("button", {
-      type: "button", class: "secondary", "aria-label": `Details of ${ref}`,
+      type: "button", class: "secondary", "aria-label": t("admin.details_of", { ref }),
       onclick: () => showModel(m),
-    }, "Details"));
+    }, t("admin.details")));
     return el("tr", { "data-version": ref, "data-state": m.state || "" },
       el("th", { scope: "row" }, ref),
-      el("td", {}, m.origin || "–"),
+      el("td", {}, m.origin ? label("admin.origin_", m.origin) : "–"),
       el("td", {}, stateBadges(m)),
       el("td", {}, pct(m.metrics.top1)),
       el("td", {}, pct(m.metrics.top3)),
       el("td", {}, fmt(m.metrics.ece)),
-      el("td", {}, m.live ? `${pct(m.live.top1_accuracy)} of ${m.live.validated}` : "–"),
+      el("td", {}, m.live ? t("admin.live_of", { top1: pct(m.live.top1_accuracy), count: m.live.validated }) : "–"),
       el("td", {}, el("div", { class: "row" }, ...actions)));
   });
   $("models").replaceChildren(...rows);
-  modelsMessage(`${body.count} version(s)`);
+  modelsMessage(t("admin.versions_count", { count: body.count }));
   if (versionAction) {
     const again = body.data.find((m) => m.name === versionAction.model.name && m.version === versionAction.model.version);
     if (!again || again.active) closeVersionAction();
@@ -130,12 +131,12 @@ async function activateModel(model) {
   clearError();
   clearModelsError();
   const ref = modelRef(model);
-  modelsMessage(`Activating ${ref}…`);
+  modelsMessage(t("admin.activating", { ref }));
   try {
     const query = { name: model.name };
     await api(`/api/v1/admin/models/${encodeURIComponent(model.version)}/activate`, { method: "POST", query });
     await loadModels();
-    modelsMessage(`${ref} is now active.`);
+    modelsMessage(t("admin.now_active", { ref }));
   } catch (error) {
     modelsMessage("");
     modelsError(error);
@@ -148,18 +149,16 @@ function openVersionAction(kind, model) {
   clearModelsError();
   versionAction = { kind, model };
   const ref = modelRef(model);
-  const state = STATE_TEXT[model.state] || model.state || "unknown";
+  const state = model.state ? stateText(model.state) : t("admin.state_unknown");
   const force = kind === "force";
-  $("version-action-title").textContent = force ? `Force activate ${ref} (${state})` : `Retire ${ref}`;
-  const why = { gate_failed: "failed its non-regression gate", candidate: "has not been judged by the gate yet",
-    retired: "was retired by an admin" }[model.state] || `is ${state}`;
-  $("version-action-help").textContent = force
-    ? `${ref} ${why}. Activating it anyway serves it to every request; the reason is recorded with your name in `
-      + "the activation history. Forcing does not change its state."
-    : `A retired version is never activated by default again (only with force and a reason).`;
-  $("version-action-label").textContent = force ? "Reason (required, recorded with your name)" : "Reason (optional)";
-  $("version-action-submit").textContent = force ? "Force activate" : "Retire";
-  $("version-action-submit").setAttribute("aria-label", force ? `Confirm force activation of ${ref}` : `Confirm retiring ${ref}`);
+  $("version-action-title").textContent = force ? t("admin.force_title", { ref, state }) : t("admin.retire_title", { ref });
+  const why = ["gate_failed", "candidate", "retired"].includes(model.state) ? t(`admin.why_${model.state}`)
+    : t("admin.why_state", { state });
+  $("version-action-help").textContent = force ? t("admin.force_help", { ref, why }) : t("admin.retire_help");
+  $("version-action-label").textContent = force ? t("admin.reason_required") : t("admin.reason_optional");
+  $("version-action-submit").textContent = force ? t("admin.force_activate") : t("admin.retire");
+  $("version-action-submit").setAttribute("aria-label", force ? t("admin.confirm_force", { ref })
+    : t("admin.confirm_retire", { ref }));
   $("version-action-reason").value = "";
   $("version-action-error").classList.add("hidden");
   $("version-action").classList.remove("hidden");
@@ -191,7 +190,7 @@ async function submitVersionAction(event) {
     await api(path, { method: "POST", query, json });
     closeVersionAction();
     await loadModels();
-    modelsMessage(kind === "force" ? `${ref} is now active (forced).` : `${ref} is retired.`);
+    modelsMessage(kind === "force" ? t("admin.now_active_forced", { ref }) : t("admin.is_retired", { ref }));
   } catch (error) {
     errorBox.textContent = `${error instanceof Error ? error.message : String(error)}`
       + (error && error.status ? ` (HTTP ${error.status})` : "");
@@ -202,22 +201,22 @@ async function submitVersionAction(event) {
 }
 
 function userName(id) {
-  if (id === null || id === undefined) return "the service (default at start)";
+  if (id === null || id === undefined) return t("admin.by_service");
   const user = usersById.get(id);
-  return user ? user.name : `user #${id}`;
+  return user ? user.name : t("admin.user_n", { id: String(id) });
 }
 
 function renderActivations() {
   if (!lastActivations) return;
   const rows = lastActivations.data.map((a) => el("tr", { "data-activation": String(a.id) },
-    el("td", {}, el("time", { datetime: a.at }, new Date(a.at).toLocaleString())),
+    el("td", {}, el("time", { datetime: a.at }, formatDateTime(a.at))),
     el("th", { scope: "row" }, `${a.name}/${a.version}`),
-    el("td", {}, a.state ? (STATE_TEXT[a.state] || a.state) : "–"),
-    el("td", {}, a.forced ? el("span", { class: "status disputed" }, "forced") : "no"),
+    el("td", {}, a.state ? stateText(a.state) : "–"),
+    el("td", {}, a.forced ? el("span", { class: "status disputed" }, t("admin.forced")) : t("admin.no")),
     el("td", {}, userName(a.user_id)),
     el("td", { class: "reason" }, a.reason || "–"),
     el("td", {}, a.previous || "–")));
-  $("activations").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7 }, "No activation recorded yet."))]));
+  $("activations").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 7 }, t("admin.no_activation")))]));
 }
 
 async function loadActivations() {
@@ -229,24 +228,25 @@ async function showModel(model) {
   selectedModel = model;
   const ref = `${model.name}/${model.version}`;
   $("model-detail").classList.remove("hidden");
-  $("model-detail-title").textContent = `Details of ${ref}`;
+  $("model-detail-title").textContent = t("admin.details_of", { ref });
   const retrain = model.training && model.training.retrain;
-  const parts = [model.architecture ? `architecture ${model.architecture}` : null,
-    `${model.labels.length} classes`,
-    model.metrics.n ? `evaluated on ${model.metrics.n} photos` : null,
-    retrain ? `retrained on ${retrain.validated_observations} validated observations` : null,
-    retrain && retrain.new_classes && retrain.new_classes.length ? `new: ${retrain.new_classes.join(", ")}` : null];
+  const parts = [model.architecture ? t("admin.architecture", { name: model.architecture }) : null,
+    t("admin.classes", { count: model.labels.length }),
+    model.metrics.n ? t("admin.evaluated_on", { count: model.metrics.n }) : null,
+    retrain ? t("admin.retrained_on", { count: retrain.validated_observations }) : null,
+    retrain && retrain.new_classes && retrain.new_classes.length
+      ? t("admin.new_classes_list", { labels: retrain.new_classes.join(", ") }) : null];
   $("model-training").textContent = parts.filter(Boolean).join(" · ");
   const perClass = model.metrics.per_class || {};
   const rows = Object.entries(perClass).map(([label, m]) => el("tr", {},
     el("th", { scope: "row" }, label), el("td", {}, fmt(m.precision)), el("td", {}, fmt(m.recall)),
     el("td", {}, fmt(m.f1)), el("td", {}, m.support)));
-  $("per-class").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, "No per-class metrics on this card."))]));
+  $("per-class").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, t("admin.no_per_class")))]));
   const figure = $("confusion-figure");
   if (model.files.includes("confusion.png")) {
     const path = `/api/v1/admin/models/${encodeURIComponent(model.name)}/${encodeURIComponent(model.version)}/files/confusion.png`;
     $("confusion").src = await authedImageUrl(path);
-    $("confusion").alt = `Confusion matrix of ${ref}`;
+    $("confusion").alt = t("admin.confusion_of", { ref });
     figure.classList.remove("hidden");
   } else {
     figure.classList.add("hidden");
@@ -256,9 +256,9 @@ async function showModel(model) {
 // -- jobs ----------------------------------------------------------------------------------------------
 
 function jobTitle(job) {
-  if (job.kind === "export") return `#${job.id} export ${job.params.kind}`;
-  const head = job.params.plan && job.params.plan.strategy === "head" ? " (last layer)" : "";
-  return `#${job.id} retrain ${job.params.name || ""}${head}`;
+  if (job.kind === "export") return t("admin.job_export", { id: String(job.id), kind: job.params.kind });
+  const head = job.params.plan && job.params.plan.strategy === "head" ? t("admin.job_last_layer") : "";
+  return t("admin.job_retrain", { id: String(job.id), name: job.params.name || "" }) + head;
 }
 
 async function download(job) {
@@ -266,7 +266,7 @@ async function download(job) {
   try {
     const headers = { Authorization: `Bearer ${getKey()}` };
     const response = await fetch(job.download, { headers });
-    if (!response.ok) throw new Error(`download failed (${response.status})`);
+    if (!response.ok) throw new Error(t("admin.download_failed", { status: String(response.status) }));
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     const name = (job.result && job.result.filename) || `job-${job.id}`;
@@ -275,7 +275,7 @@ async function download(job) {
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
-    $("exports-status").textContent = `Downloaded ${name}.`;
+    $("exports-status").textContent = t("admin.downloaded", { name });
   } catch (error) { fail(error); }
 }
 
@@ -289,24 +289,26 @@ async function cancelJob(job) {
 
 function renderJobDetail(job) {
   $("job-detail").classList.remove("hidden");
-  $("job-detail-title").textContent = `Job ${jobTitle(job)}`;
-  const epoch = job.epoch ? ` · epoch ${job.epoch}/${job.epochs || "?"}` : "";
+  $("job-detail-title").textContent = t("admin.job_title", { title: jobTitle(job) });
+  const epoch = job.epoch ? ` · ${t("admin.job_epoch", { epoch: job.epoch, epochs: job.epochs || "?" })}` : "";
   const stage = job.stage ? ` · ${job.stage}` : "";
-  $("job-summary").textContent = `${job.state}${stage}${epoch} · ${Math.round(job.progress * 100)}% · attempt ${job.attempts}/${job.max_attempts}`
-    + (job.heartbeat_at ? ` · heartbeat ${new Date(job.heartbeat_at).toLocaleTimeString()}` : "");
+  $("job-summary").textContent = `${label("admin.job_state_", job.state)}${stage}${epoch} · ${formatPercent(job.progress)} · `
+    + t("admin.job_attempt", { attempt: job.attempts, max: job.max_attempts })
+    + (job.heartbeat_at ? ` · ${t("admin.job_heartbeat", { time: formatDateTime(job.heartbeat_at) })}` : "");
   $("job-progress").value = Math.round(job.progress * 100);
   const metrics = job.metrics ? Object.entries(job.metrics).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ") : "";
   $("job-metrics").textContent = metrics;
   const result = $("job-result");
   if (job.error) {
-    result.textContent = `Error: ${job.error}`;
+    result.textContent = t("admin.job_error", { error: job.error });
     result.classList.remove("hidden");
   } else if (job.kind === "retrain" && job.result && job.result.gate) {
     const gate = job.result.gate;
     const top1 = gate.overall && gate.overall.top1;
-    result.textContent = `Candidate ${job.result.model.name}/${job.result.model.version}: gate ${gate.passed ? "passed" : "failed"}`
-      + (top1 ? ` (top-1 ${pct(top1.candidate)} vs ${pct(top1.active)})` : "")
-      + `; ${job.result.activated ? "activated" : "not activated"}. ${gate.reasons.join(" ")}`;
+    result.textContent = t(gate.passed ? "admin.gate_passed" : "admin.gate_failed",
+      { ref: `${job.result.model.name}/${job.result.model.version}` })
+      + (top1 ? ` ${t("admin.gate_top1", { candidate: pct(top1.candidate), active: pct(top1.active) })}` : "")
+      + `; ${job.result.activated ? t("admin.activated") : t("admin.not_activated")}. ${gate.reasons.join(" ")}`;
     result.classList.remove("hidden");
   } else {
     result.classList.add("hidden");
@@ -326,23 +328,27 @@ async function loadJobs() {
     const before = lastJobStates.get(job.id);
     if (before && isActive(before) && !isActive(job.state) && job.kind === "retrain") finishedRetrain = true;
     lastJobStates.set(job.id, job.state);
-    const actions = [el("button", { type: "button", class: "secondary", "aria-label": `Show job ${job.id}`,
-      onclick: () => { selectedJob = job.id; renderJobDetail(job); } }, "Show")];
+    const id = String(job.id);
+    const actions = [el("button", { type: "button", class: "secondary", "aria-label": t("admin.show_job", { id }),
+      onclick: () => { selectedJob = job.id; renderJobDetail(job); } }, t("admin.show"))];
     if (job.download) {
-      actions.push(el("button", { type: "button", "aria-label": `Download job ${job.id}`, onclick: () => download(job) }, "Download"));
+      actions.push(el("button", { type: "button", "aria-label": t("admin.download_job", { id }), onclick: () => download(job) },
+        t("admin.download")));
     }
     if (isActive(job.state)) {
-      actions.push(el("button", { type: "button", class: "danger", "aria-label": `Cancel job ${job.id}`, onclick: () => cancelJob(job) }, "Cancel"));
+      actions.push(el("button", { type: "button", class: "danger", "aria-label": t("admin.cancel_job", { id }),
+        onclick: () => cancelJob(job) }, t("admin.cancel")));
     }
-    const bar = el("progress", { max: "100", value: String(Math.round(job.progress * 100)), "aria-label": `Progress of job ${job.id}` });
+    const bar = el("progress", { max: "100", value: String(Math.round(job.progress * 100)),
+      "aria-label": t("admin.progress_of_job", { id }) });
     return el("tr", { "data-job": String(job.id) },
       el("th", { scope: "row" }, jobTitle(job)),
-      el("td", {}, el("span", { class: "status" }, job.state)),
-      el("td", {}, bar, ` ${Math.round(job.progress * 100)}%`),
+      el("td", {}, el("span", { class: "status" }, label("admin.job_state_", job.state))),
+      el("td", {}, bar, ` ${formatPercent(job.progress)}`),
       el("td", {}, job.epoch ? `${job.epoch}/${job.epochs || "?"}` : "–"),
       el("td", {}, el("div", { class: "row" }, ...actions)));
   });
-  $("jobs").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, "No jobs yet."))]));
+  $("jobs").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, t("admin.no_jobs")))]));
   if (selectedJob === null && body.data.length) selectedJob = body.data[0].id;
   const current = body.data.find((j) => j.id === selectedJob);
   if (current) renderJobDetail(current);
@@ -351,7 +357,8 @@ async function loadJobs() {
 
 function labelCounts(counts) {
   const entries = Object.entries(counts || {});
-  return entries.length ? entries.map(([label, n]) => (n >= 0 ? `${label} (${n} photo${n === 1 ? "" : "s"})` : label)).join(", ") : "none";
+  return entries.length ? entries.map(([name, n]) => (n >= 0 ? `${name} (${t("admin.photos_count", { count: n })})` : name))
+    .join(", ") : t("admin.none");
 }
 
 /** The 422's detail as readable lines: the plan (new classes, classes below the minimum…) or field errors. */
@@ -359,7 +366,7 @@ function detailLines(detail) {
   if (detail === null || detail === undefined) return [];
   if (Array.isArray(detail)) {
     return detail.map((d) => (d && typeof d === "object" && "message" in d
-      ? `${d.field || "request"}: ${d.message}` : (typeof d === "string" ? d : JSON.stringify(d))));
+      ? `${d.field || t("admin.request")}: ${d.message}` : (typeof d === "string" ? d : JSON.stringify(d))));
   }
   if (typeof detail !== "object") return [String(detail)];
   const lines = [];
@@ -368,22 +375,24 @@ function detailLines(detail) {
     "known_class_photos", "validated_photos", "min_new_class_photos", "empty_classes", "clashes", "model", "field"]);
   if (detail.strategy) {
     lines.push(detail.strategy === "head"
-      ? `Plan: retrain the last layer of ${detail.active_model || "the active model"} (no base photos)`
-      : "Plan: full retrain on the base dataset");
+      ? t("admin.plan_head", { model: detail.active_model || t("admin.the_active_model") })
+      : t("admin.plan_full"));
   }
   if (detail.base_classes !== undefined) {
-    lines.push(`${detail.strategy === "head" ? "Classes the active model has" : "Classes in the base dataset"}: ${detail.base_classes}`);
+    lines.push(t(detail.strategy === "head" ? "admin.classes_active" : "admin.classes_base", { classes: detail.base_classes }));
   }
-  if (detail.validated_photos !== undefined) lines.push(`Validated photos: ${detail.validated_photos}`);
-  if (detail.new_classes) lines.push(`New classes (at least ${minimum ?? "the minimum of"} photos): ${labelCounts(detail.new_classes)}`);
+  if (detail.validated_photos !== undefined) lines.push(t("admin.validated_photos", { count: detail.validated_photos }));
+  if (detail.new_classes) {
+    lines.push(t("admin.new_classes", { minimum: minimum ?? "?", classes: labelCounts(detail.new_classes) }));
+  }
   if (detail.below_minimum) {
-    lines.push(`Below the minimum of ${minimum ?? "?"} validated photos (not learnt): ${labelCounts(detail.below_minimum)}`);
+    lines.push(t("admin.below_minimum", { minimum: minimum ?? "?", classes: labelCounts(detail.below_minimum) }));
   }
-  if (detail.known_class_photos) lines.push(`Validated photos of known classes: ${labelCounts(detail.known_class_photos)}`);
-  if (detail.empty_classes) lines.push(`Base classes without a training photo: ${detail.empty_classes.join(", ")}`);
-  if (detail.clashes) for (const clash of detail.clashes) lines.push(`Clash: ${clash}`);
-  if (detail.model) lines.push(`Model: ${detail.model}`);
-  if (detail.field) lines.push(`Field: ${detail.field}`);
+  if (detail.known_class_photos) lines.push(t("admin.known_class_photos", { classes: labelCounts(detail.known_class_photos) }));
+  if (detail.empty_classes) lines.push(t("admin.empty_classes", { classes: detail.empty_classes.join(", ") }));
+  if (detail.clashes) for (const clash of detail.clashes) lines.push(t("admin.clash", { clash }));
+  if (detail.model) lines.push(t("admin.detail_model", { model: detail.model }));
+  if (detail.field) lines.push(t("admin.detail_field", { field: detail.field }));
   for (const [key, value] of Object.entries(detail)) {
     if (!known.has(key)) lines.push(`${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`);
   }
@@ -394,7 +403,7 @@ function showRetrainError(error) {
   const box = $("retrain-error");
   const detail = error && error.body && error.body.error ? error.body.error.detail : undefined;
   const lines = detailLines(detail);
-  const title = error && error.status ? `Refused (HTTP ${error.status}): ` : "";
+  const title = error && error.status ? t("admin.refused", { status: String(error.status) }) : "";
   box.replaceChildren(
     el("p", { class: "error" }, title, error instanceof Error ? error.message : String(error)),
     lines.length ? el("ul", { class: "plan" }, ...lines.map((line) => el("li", {}, line))) : null);
@@ -403,10 +412,11 @@ function showRetrainError(error) {
 
 function planSummary(plan) {
   if (!plan) return "";
-  const how = plan.strategy === "head" ? `last layer of ${plan.active_model || "the active model"}, no base photos` : "full retrain";
-  const parts = [how, `new classes: ${labelCounts(plan.new_classes)}`];
+  const how = plan.strategy === "head"
+    ? t("admin.summary_head", { model: plan.active_model || t("admin.the_active_model") }) : t("admin.summary_full");
+  const parts = [how, t("admin.summary_new", { classes: labelCounts(plan.new_classes) })];
   if (plan.below_minimum && Object.keys(plan.below_minimum).length) {
-    parts.push(`below the minimum of ${plan.min_new_class_photos}: ${labelCounts(plan.below_minimum)}`);
+    parts.push(t("admin.summary_below", { minimum: plan.min_new_class_photos, classes: labelCounts(plan.below_minimum) }));
   }
   return ` (${parts.join("; ")})`;
 }
@@ -431,11 +441,12 @@ async function startRetrain(event) {
   const minimum = $("min-new-class-photos").value;
   if (minimum) json.min_new_class_photos = Number(minimum);
   if (since) json.observations_since = `${since}T00:00:00Z`;
-  $("retrain-status").textContent = "Checking the request…";
+  $("retrain-status").textContent = t("admin.checking");
   try {
     const job = await api("/api/v1/admin/retrain", { method: "POST", json });
     selectedJob = job.id;
-    $("retrain-status").textContent = `Queued job ${job.id}${planSummary(job.params && job.params.plan)}.`;
+    $("retrain-status").textContent = t("admin.queued_job", { id: String(job.id),
+      plan: planSummary(job.params && job.params.plan) });
     await loadJobs();
   } catch (error) {
     $("retrain-status").textContent = "";
@@ -443,14 +454,13 @@ async function startRetrain(event) {
   }
 }
 
-const EXPORT_LABELS = { dwca: "Darwin Core Archive", csv: "CSV of observations", training: "Training manifest" };
 
 async function startExport(kind) {
   clearError();
   try {
     const job = await api("/api/v1/admin/exports", { method: "POST", json: { kind } });
     selectedJob = job.id;
-    $("exports-status").textContent = `Queued export job ${job.id}.`;
+    $("exports-status").textContent = t("admin.queued_export", { id: String(job.id) });
     await loadJobs();
   } catch (error) { fail(error); }
 }
@@ -459,7 +469,7 @@ async function startExport(kind) {
 
 function showNewKey(who, key) {
   const box = $("new-key");
-  box.replaceChildren(`New key for ${who} (shown once, copy it now): `,
+  box.replaceChildren(t("admin.new_key_for", { name: who }),
     el("code", { id: "new-key-value", style: "word-break: break-all" }, key));
   box.classList.remove("hidden");
 }
@@ -468,15 +478,16 @@ async function loadUsers() {
   const body = await api("/api/v1/admin/users", { query: { limit: 1000 } });
   const rows = body.data.map((u) => {
     const keys = u.keys.map((k) => el("div", {},
-      el("code", {}, `${k.prefix}…`), k.revoked_at ? " (revoked)" : " ",
-      k.revoked_at ? null : el("button", { type: "button", class: "danger", "aria-label": `Revoke key ${k.prefix} of ${u.name}`,
-        onclick: () => revokeKey(u, k) }, "Revoke")));
+      el("code", {}, `${k.prefix}…`), k.revoked_at ? t("admin.revoked") : " ",
+      k.revoked_at ? null : el("button", { type: "button", class: "danger",
+        "aria-label": t("admin.revoke_key_label", { prefix: k.prefix, name: u.name }),
+        onclick: () => revokeKey(u, k) }, t("admin.revoke"))));
     return el("tr", {},
-      el("th", { scope: "row" }, u.name, u.active ? "" : " (inactive)"),
-      el("td", {}, u.role),
+      el("th", { scope: "row" }, u.name, u.active ? "" : t("admin.inactive")),
+      el("td", {}, label("common.role_", u.role)),
       el("td", {}, ...keys),
-      el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": `New key for ${u.name}`,
-        onclick: () => newKey(u) }, "New key")));
+      el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": t("admin.new_key_label", { name: u.name }),
+        onclick: () => newKey(u) }, t("admin.new_key"))));
   });
   $("users").replaceChildren(...rows);
   usersById = new Map(body.data.map((u) => [u.id, u]));
@@ -517,8 +528,8 @@ async function revokeKey(user, key) {
 function applyVocabulary(v) {
   $("export-buttons").replaceChildren(...v.export_kinds.map((kind) => el("button", {
     type: "button", class: "secondary", "data-export": kind, onclick: () => startExport(kind),
-  }, EXPORT_LABELS[kind] || kind)));
-  fillSelect($("user-role"), v.roles);
+  }, label("admin.export_", kind))));
+  fillSelect($("user-role"), v.roles, { labels: Object.fromEntries(v.roles.map((r) => [r, label("common.role_", r)])) });
 }
 
 async function loadAll() {

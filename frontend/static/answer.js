@@ -1,16 +1,24 @@
 // pollinid — the model's committed answer ("rollup") in plain words, shared by the volunteer and specialist pages.
 //
-// The service sends the sentence itself (rollup.answer); older responses and stored predictions made before it
-// did carry only {taxon, rank, score[, kind]}, so the same sentence is rebuilt here from those fields.
+// The sentence is built here, in the page's language, from the answer's structured fields (kind, rank, the
+// taxon's scientific and common names; the API sends the common name in the page's language, null where that
+// language has none): the service's own English sentence (rollup.answer) is not shown, and older stored
+// predictions that only carry {taxon, rank, score} get the same words.
 // Everything is built as DOM nodes (text nodes and <i>): no string from the API ever goes through innerHTML.
 import { el, percent } from "./api.js";
+import { t } from "./i18n.js";
 
 // Ranks whose scientific names are written in italics (zoological convention: genus and below).
 const ITALIC_RANKS = new Set(["genus", "subgenus", "species", "subspecies"]);
 
-export const NOT_SURE = "Not sure: the photo does not show enough to name anything. Try a closer, sharper photo.";
-export const NO_INSECT = "No insect found in this photo: try closer.";
-export const INSECT = "An insect we cannot place yet: an expert will look at it.";
+/** A rank's word in the page's language ("genus", "genre"); ranks without a word are shown as they are. */
+export function rankWord(rank) {
+  const key = `answer.rank_${rank}`;
+  const word = t(key);
+  return word === key ? rank : word;
+}
+
+function capitalised(text) { return text ? text.charAt(0).toUpperCase() + text.slice(1) : text; }
 
 /** The kind of a committed answer: "taxon", "insect", "no_insect", or "none" for a null roll-up. */
 export function answerKind(rollup) {
@@ -29,20 +37,19 @@ function scientificName(taxon) {
 /** Whether a taxon's scientific name is written in italics. */
 export function isItalicRank(rank) { return ITALIC_RANKS.has(rank); }
 
-/** The committed answer as one plain sentence (the service's own, else rebuilt from kind, rank and taxon). */
+/** The committed answer as one plain sentence in the page's language, built from kind, rank and taxon. */
 export function answerText(rollup) {
-  if (!rollup) return NOT_SURE;
-  if (typeof rollup.answer === "string" && rollup.answer.trim()) return rollup.answer.trim();
+  if (!rollup) return t("answer.not_sure");
   const kind = answerKind(rollup);
-  if (kind === "no_insect") return NO_INSECT;
-  if (kind === "insect") return INSECT;
+  if (kind === "no_insect") return t("answer.no_insect");
+  if (kind === "insect") return t("answer.insect");
   const taxon = rollup.taxon || {};
   const name = scientificName(taxon);
   const common = taxon.common_name && taxon.common_name !== name ? taxon.common_name : "";
   const rank = rollup.rank || taxon.rank || "species";
-  if (rank === "species") return common ? `${common} (${name})` : name;
-  const what = common ? `${common} (${rank} ${name})` : `${rank.charAt(0).toUpperCase()}${rank.slice(1)} ${name}`;
-  return `${what}: the species needs an expert.`;
+  if (rank === "species") return common ? t("answer.species_common", { common, name }) : name;
+  if (common) return t("answer.coarse_common", { common, rank: rankWord(rank), name });
+  return t("answer.coarse", { rank: capitalised(rankWord(rank)), name });
 }
 
 /** Text split into nodes, with every whole-word occurrence of ``name`` in an <i>. */
@@ -73,11 +80,12 @@ export function answerNodes(rollup) {
 /** A short line under the answer: at which rank the model commits, and how sure it is. */
 export function answerDetail(rollup) {
   const kind = answerKind(rollup);
-  if (kind === "none") return "The model commits to no answer for these photos: pick a candidate below only if you recognise it.";
-  const score = typeof rollup.score === "number" ? ` · ${percent(rollup.score)} probability` : "";
-  if (kind === "no_insect") return `Answer: no insect${score}`;
-  if (kind === "insect") return `Answer at class rank: an insect (Insecta)${score}`;
-  return `Answer at ${rollup.rank || (rollup.taxon && rollup.taxon.rank) || "species"} rank${score}`;
+  if (kind === "none") return t("answer.detail_none");
+  const score = typeof rollup.score === "number" ? t("answer.detail_probability", { score: percent(rollup.score) }) : "";
+  if (kind === "no_insect") return t("answer.detail_no_insect") + score;
+  if (kind === "insect") return t("answer.detail_insect") + score;
+  return t("answer.detail_rank", { rank: rankWord(rollup.rank || (rollup.taxon && rollup.taxon.rank) || "species") })
+    + score;
 }
 
 /** Fill ``target`` with the answer sentence and set data-kind / data-rank for styling and tests. */
@@ -92,10 +100,10 @@ export function renderAnswer(target, rollup) {
 export function taxonNameNodes(taxon) {
   if (!taxon) return [document.createTextNode("—")];
   const name = scientificName(taxon);
-  if (taxon.rank === "none") return [document.createTextNode(taxon.common_name || "No insect")];
+  if (taxon.rank === "none") return [document.createTextNode(taxon.common_name || t("answer.no_insect_name"))];
   if (isItalicRank(taxon.rank || "species")) {
-    const prefix = taxon.rank && taxon.rank !== "species" ? `${taxon.rank} ` : "";
+    const prefix = taxon.rank && taxon.rank !== "species" ? `${rankWord(taxon.rank)} ` : "";
     return [document.createTextNode(prefix), el("i", { class: "sci-name" }, name)].filter((n) => n.textContent);
   }
-  return [document.createTextNode(`${taxon.rank} ${name}`)];
+  return [document.createTextNode(`${rankWord(taxon.rank)} ${name}`)];
 }

@@ -1,4 +1,7 @@
 // pollinid — a small client for the REST API: the key lives in localStorage and goes in a Bearer header.
+// Every request says the page's language (Accept-Language), so taxa come back with names in that language.
+import { formatPercent, has, lang, t } from "./i18n.js";
+
 const KEY_STORAGE = "pollinid.apiKey";
 
 export function getKey() { return localStorage.getItem(KEY_STORAGE) || ""; }
@@ -6,12 +9,22 @@ export function setKey(key) {
   if (key) localStorage.setItem(KEY_STORAGE, key.trim()); else localStorage.removeItem(KEY_STORAGE);
 }
 
+/** The message shown to a person: in English the service's own (the most precise); in another language the
+ * catalogue's sentence for the error's code (errors.<code>), else the service's message. */
+function errorMessage(status, body) {
+  const error = body && body.error;
+  const server = error && error.message;
+  if (error && error.code && lang() !== "en" && has(`errors.${error.code}`)) return t(`errors.${error.code}`);
+  return server || t("errors.request_failed", { status });
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
-    const message = (body && body.error && body.error.message) || `request failed (${status})`;
-    super(message);
+    super(errorMessage(status, body));
     this.status = status;
     this.body = body;
+    this.code = body && body.error ? body.error.code : undefined;
+    this.serverMessage = body && body.error ? body.error.message : undefined;
   }
 }
 
@@ -23,7 +36,7 @@ export async function api(path, { method = "GET", json, form, query, headers = {
       if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
     }
   }
-  const init = { method, headers: { Accept: "application/json", ...headers } };
+  const init = { method, headers: { Accept: "application/json", "Accept-Language": lang(), ...headers } };
   const key = getKey();
   if (auth && key) init.headers.Authorization = `Bearer ${key}`;
   if (json !== undefined) {
@@ -96,14 +109,15 @@ export function showError(target, error) {
   target.classList.remove("hidden");
 }
 
-export function percent(score) { return `${Math.round(score * 100)}%`; }
+/** A score (0..1) as a percentage in the page's language ("12%", "12 %"). */
+export function percent(score) { return formatPercent(score); }
 
 /** Wire the sign-in form shared by every page. */
 export function setupSignIn(form, status, onChange) {
   const input = form.querySelector("input");
   // The page's scripts may run after a quick person has started typing their key: never wipe what is typed.
   if (!input.value) input.value = getKey();
-  const render = () => { status.textContent = getKey() ? "Signed in with a key." : "Not signed in."; };
+  const render = () => { status.textContent = getKey() ? t("common.signed_in") : t("common.not_signed_in"); };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     setKey(input.value);

@@ -1,14 +1,17 @@
 // pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
 import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
-import { answerKind, renderAnswer, taxonNameNodes } from "./answer.js";
+import { answerKind, rankWord, renderAnswer, taxonNameNodes } from "./answer.js";
+import { formatDateTime, label, mountLanguageSwitch, t, translatePage } from "./i18n.js";
 import { referenceStrip } from "./references.js";
 import { mountPlaceView } from "./place.js";
 import { judged, resetQueue, setupQueue, takeNext } from "./queue.js";
 
 const $ = (id) => document.getElementById(id);
+translatePage();
+mountLanguageSwitch($("language"));
 const state = { item: null, photoIndex: 0, zoom: 1, x: 0, y: 0, taxonChoice: null, suggestTimer: null };
 
-function taxonName(t) { return t ? (t.scientific_name || t.label || t.name) : "—"; }
+function taxonName(taxon) { return taxon ? (taxon.scientific_name || taxon.label || taxon.name) : "—"; }
 
 // ---- viewer -------------------------------------------------------------------------------------
 function applyTransform() {
@@ -53,8 +56,8 @@ async function showPhoto(index) {
   const photos = state.item.photos;
   state.photoIndex = index;
   $("photo").src = await authedImageUrl(photos[index].url);
-  $("photo").alt = `Photo ${index + 1} of ${photos.length}`;
-  for (const [i, t] of [...$("thumbs").children].entries()) t.setAttribute("aria-current", String(i === index));
+  $("photo").alt = t("expert.photo_n_of", { n: index + 1, count: photos.length });
+  for (const [i, thumb] of [...$("thumbs").children].entries()) thumb.setAttribute("aria-current", String(i === index));
 }
 
 // ---- the item ---------------------------------------------------------------------------------------
@@ -62,19 +65,19 @@ function renderItem(obs) {
   state.item = obs;
   state.taxonChoice = null;
   $("item").classList.remove("hidden");
-  $("item-title").textContent = `Observation ${obs.id}`;
-  const thumbs = obs.photos.map((p, i) => el("img", { alt: `Photo ${i + 1}`, tabindex: 0, role: "button",
+  $("item-title").textContent = t("expert.observation_n", { id: String(obs.id) });
+  const thumbs = obs.photos.map((p, i) => el("img", { alt: t("expert.photo_n", { n: i + 1 }), tabindex: 0, role: "button",
     onclick: () => showPhoto(i),
     onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); showPhoto(i); } } }));
   $("thumbs").replaceChildren(...thumbs);
   obs.photos.forEach((p, i) => authedImageUrl(p.url).then((url) => { thumbs[i].src = url; }));
   if (obs.photos.length) showPhoto(0);
   const meta = [
-    ["Observed", obs.observed_at ? new Date(obs.observed_at).toLocaleString() : "—"],
-    ["Place", obs.latitude !== null && obs.latitude !== undefined ? `${obs.latitude}, ${obs.longitude}` : "—"],
-    ["Flower", obs.flower_text || taxonName(obs.flower_taxon)],
-    ["Status", obs.status],
-    ["Community taxon", taxonName(obs.community_taxon)],
+    [t("expert.meta_observed"), obs.observed_at ? formatDateTime(obs.observed_at) : "—"],
+    [t("expert.meta_place"), obs.latitude !== null && obs.latitude !== undefined ? `${obs.latitude}, ${obs.longitude}` : "—"],
+    [t("expert.meta_flower"), obs.flower_text || taxonName(obs.flower_taxon)],
+    [t("expert.meta_status"), label("common.status_", obs.status)],
+    [t("expert.meta_community_taxon"), taxonName(obs.community_taxon)],
   ];
   $("meta").replaceChildren(...meta.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   placeView.show(obs); // the place on the map, read-only (place.js)
@@ -89,7 +92,7 @@ function renderItem(obs) {
         ...taxonNameNodes(s.taxon), s.taxon.common_name ? ` (${s.taxon.common_name})` : "", ` — ${percent(s.score)}`),
       // Photos of the candidate to compare with (references.js).
       referenceStrip(s.taxon.label || s.taxon.scientific_name, { name: s.taxon.scientific_name })])));
-  if (!suggestions.length) $("suggestions").replaceChildren(el("li", { class: "muted" }, "No model suggestion stored."));
+  if (!suggestions.length) $("suggestions").replaceChildren(el("li", { class: "muted" }, t("expert.no_suggestion")));
   $("comment").value = "";
   $("taxon").value = "";
   loadHistory();
@@ -99,7 +102,7 @@ function renderItem(obs) {
 function renderModelAnswer(result) {
   const meta = $("model-answer-meta");
   if (!result) {
-    $("model-rollup").replaceChildren("No model answer stored.");
+    $("model-rollup").replaceChildren(t("expert.no_model_answer"));
     $("model-rollup").dataset.kind = "";
     meta.replaceChildren();
     return;
@@ -107,44 +110,47 @@ function renderModelAnswer(result) {
   const rollup = result.rollup || null;
   const kind = answerKind(rollup);
   renderAnswer($("model-rollup"), rollup);
-  const rank = kind === "none" ? "none (the model commits to nothing)"
-    : kind === "no_insect" ? "none (no insect)" : (rollup.rank || (rollup.taxon && rollup.taxon.rank) || "—");
-  const rows = [["Rank", rank]];
-  if (rollup && typeof rollup.score === "number") rows.push(["Score", percent(rollup.score)]);
-  if (result.out_of_distribution) rows.push(["Photos", "unlike every taxon the model knows"]);
-  meta.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k.toLowerCase() }, v)]));
+  const rank = kind === "none" ? t("expert.rank_none_committed")
+    : kind === "no_insect" ? t("expert.rank_none_no_insect")
+      : rankWord(rollup.rank || (rollup.taxon && rollup.taxon.rank) || "—");
+  // [field (for tests and styling), label, value]
+  const rows = [["rank", t("expert.meta_rank"), rank]];
+  if (rollup && typeof rollup.score === "number") rows.push(["score", t("expert.meta_score"), percent(rollup.score)]);
+  if (result.out_of_distribution) rows.push(["photos", t("expert.meta_photos"), t("expert.out_of_distribution")]);
+  meta.replaceChildren(...rows.flatMap(([field, k, v]) => [el("dt", {}, k), el("dd", { "data-field": field }, v)]));
   $("model-answer").classList.toggle("warn", kind !== "taxon" || rollup.rank !== "species");
 }
 
 async function loadHistory() {
   const page = await api(`/api/v1/observations/${state.item.id}/identifications`);
   $("history").replaceChildren(...page.data.map((i) => el("tr", { class: i.current ? "" : "muted" },
-    el("td", {}, new Date(i.created_at).toLocaleString()),
-    el("td", {}, `${i.user_name || i.user_id} (${i.user_role})`),
-    el("td", {}, i.kind.replace("_", " ") + (i.current ? "" : " (withdrawn)")),
+    el("td", {}, formatDateTime(i.created_at)),
+    el("td", {}, `${i.user_name || i.user_id} (${label("common.role_", i.user_role)})`),
+    el("td", {}, label("expert.kind_", i.kind) + (i.current ? "" : t("expert.withdrawn"))),
     el("td", {}, taxonName(i.taxon)),
     el("td", {}, i.comment || ""))));
-  if (!page.data.length) $("history").replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No identification yet.")));
+  if (!page.data.length) $("history").replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "muted" }, t("expert.no_identification"))));
 }
 
 async function next() {
   $("queue-error").classList.add("hidden");
-  if (!getKey()) { $("queue-status").textContent = "Sign in with a specialist key."; return; }
-  $("queue-status").textContent = "Loading…";
+  if (!getKey()) { $("queue-status").textContent = t("expert.sign_in_first"); return; }
+  $("queue-status").textContent = t("common.loading");
   try {
     if (!state.me) state.me = await api("/api/v1/users/me");
     if (!["expert", "admin"].includes(state.me.role)) {
-      $("queue-status").textContent = `This key belongs to ${state.me.name}, a ${state.me.role}: the queue needs a specialist key.`;
+      $("queue-status").textContent = t("expert.wrong_role", { name: state.me.name,
+        role: label("common.role_", state.me.role) });
       $("item").classList.add("hidden");
       return;
     }
     const page = await takeNext(); // the prefetched next item when there is one (queue.js)
     if (!page.data.length) {
-      $("queue-status").textContent = "The queue is empty. Thank you!";
+      $("queue-status").textContent = t("expert.queue_empty");
       $("item").classList.add("hidden");
       return;
     }
-    $("queue-status").textContent = `${page.count} waiting`;
+    $("queue-status").textContent = t("expert.waiting", { count: page.count });
     renderItem(page.data[0].observation);
   } catch (error) {
     showError($("queue-error"), error);
@@ -157,12 +163,12 @@ async function identify(kind) {
   const body = { kind, comment: $("comment").value.trim() || null };
   if (kind === "propose") {
     const typed = $("taxon").value.trim();
-    if (!state.taxonChoice && !typed) { showError($("identify-error"), "Choose the taxon you see."); $("taxon").focus(); return; }
+    if (!state.taxonChoice && !typed) { showError($("identify-error"), t("expert.choose_taxon")); $("taxon").focus(); return; }
     body.taxon = state.taxonChoice ?? typed;
   }
   try {
     const result = await api(`/api/v1/observations/${state.item.id}/identifications`, { method: "POST", json: body });
-    $("identify-status").textContent = `Saved. Status: ${result.consensus.status.replaceAll("_", " ")}` +
+    $("identify-status").textContent = t("expert.saved_status", { status: label("common.status_", result.consensus.status) }) +
       (result.consensus.taxon ? ` — ${taxonName(result.consensus.taxon)}` : "");
     $("identify-status").classList.remove("hidden");
     judged();
@@ -186,9 +192,10 @@ async function suggestTaxa() {
   if (q.length < 2) { closeList(); return; }
   const page = await api("/api/v1/taxa", { query: { q, limit: 10 } });
   const list = $("taxon-list");
-  list.replaceChildren(...page.data.map((t, i) => el("li", { role: "option", id: `taxon-opt-${i}`, "aria-selected": "false",
-    "data-id": t.id, onmousedown: (e) => { e.preventDefault(); chooseTaxon(t.id, t.scientific_name); } },
-    `${t.scientific_name}`, t.common_name ? ` — ${t.common_name}` : "", ` (${t.rank})`)));
+  list.replaceChildren(...page.data.map((taxon, i) => el("li", { role: "option", id: `taxon-opt-${i}`,
+    "aria-selected": "false", "data-id": taxon.id,
+    onmousedown: (e) => { e.preventDefault(); chooseTaxon(taxon.id, taxon.scientific_name); } },
+    `${taxon.scientific_name}`, taxon.common_name ? ` — ${taxon.common_name}` : "", ` (${rankWord(taxon.rank)})`)));
   list.classList.toggle("hidden", !page.data.length);
   $("taxon").setAttribute("aria-expanded", String(!!page.data.length));
 }

@@ -78,9 +78,17 @@ export function t(key, vars = {}) {
 /** Whether a catalogue (or English) has this key. */
 export function has(key) { return key in catalogue || key in english; }
 
+/** The catalogue's word for a value of the service's vocabulary (prefix + value: "status.needs_id"), else the
+ * value as it is, underscores as spaces. */
+export function label(prefix, value) {
+  if (value === null || value === undefined) return "";
+  return has(`${prefix}${value}`) ? t(`${prefix}${value}`) : String(value).replaceAll("_", " ");
+}
+
 export function formatNumber(value, options = {}) { return new Intl.NumberFormat(current, options).format(value); }
-export function formatPercent(score) {
-  return new Intl.NumberFormat(current, { style: "percent", maximumFractionDigits: 0 }).format(score);
+/** A score (0..1) as a percentage ("12%", "12 %" in French); ``digits`` decimals at most. */
+export function formatPercent(score, digits = 0) {
+  return new Intl.NumberFormat(current, { style: "percent", maximumFractionDigits: digits }).format(score);
 }
 export function formatDate(value, options = { dateStyle: "medium" }) {
   const date = value instanceof Date ? value : new Date(value);

@@ -1,6 +1,7 @@
 // pollinid — volunteer page: photos → suggestions → observation.
 import { api, el, fillSelect, getKey, percent, setupSignIn, showError, vocabulary } from "./api.js";
 import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
+import { formatDateTime, label, mountLanguageSwitch, t, translatePage } from "./i18n.js";
 import { preparePhotos } from "./photos.js";
 import { mountPlacePicker } from "./place.js";
 import { referenceStrip } from "./references.js";
@@ -9,6 +10,8 @@ const MAX_PHOTOS = 5;
 const SESSION_MINUTES = 20;
 const SESSION_STORAGE = "pollinid.session";
 const $ = (id) => document.getElementById(id);
+translatePage();
+mountLanguageSwitch($("language"));
 
 const state = { files: [], prepared: null, result: null, picked: null };
 
@@ -24,10 +27,10 @@ function renderPreviews() {
   box.replaceChildren();
   state.files.forEach((file, index) => {
     const url = URL.createObjectURL(file);
-    const img = el("img", { src: url, alt: `Photo ${index + 1}: ${file.name}` });
+    const img = el("img", { src: url, alt: t("volunteer.preview_alt", { n: index + 1, name: file.name }) });
     img.addEventListener("load", () => URL.revokeObjectURL(url));
     box.append(el("figure", {}, img,
-      el("button", { type: "button", class: "secondary", "aria-label": `Remove photo ${index + 1}`,
+      el("button", { type: "button", class: "secondary", "aria-label": t("volunteer.remove_photo", { n: index + 1 }),
         onclick: () => { state.files.splice(index, 1); renderPreviews(); } }, "×")));
   });
   $("identify").disabled = state.files.length === 0;
@@ -50,21 +53,23 @@ function renderResults(result) {
   const cards = $("cards");
   cards.replaceChildren();
   result.results.forEach((item, index) => {
-    const t = item.taxon;
+    const taxon = item.taxon;
     const id = `pick-${index}`;
-    const radio = el("input", { type: "radio", name: "pick", id, value: t.label,
-      onchange: () => { state.picked = t; markSelected(); } });
-    const common = t.rank !== "none" && t.common_name ? t.common_name : null;
+    const radio = el("input", { type: "radio", name: "pick", id, value: taxon.label,
+      onchange: () => { state.picked = taxon; markSelected(); } });
+    const common = taxon.rank !== "none" && taxon.common_name ? taxon.common_name : null;
     // Photos of the suggested taxon to compare with (references.js), not the volunteer's own photo again.
-    const refs = t.rank === "none" ? null : referenceStrip(t.label || t.scientific_name, { name: t.scientific_name });
-    cards.append(el("label", { class: "card with-refs", for: id, "data-label": t.label },
+    const refs = taxon.rank === "none" ? null
+      : referenceStrip(taxon.label || taxon.scientific_name, { name: taxon.scientific_name });
+    const score = t("volunteer.score", { score: percent(item.score) });
+    cards.append(el("label", { class: "card with-refs", for: id, "data-label": taxon.label },
       el("div", {},
-        el("div", { class: "row" }, radio, el("span", { class: "name" }, `${index + 1}. `, ...taxonNameNodes(t))),
+        el("div", { class: "row" }, radio, el("span", { class: "name" }, `${index + 1}. `, ...taxonNameNodes(taxon))),
         common ? el("div", {}, common) : null,
-        el("div", { class: "bar", role: "img", "aria-label": `score ${percent(item.score)}` },
+        el("div", { class: "bar", role: "img", "aria-label": score },
           el("span", { style: `width:${Math.max(2, Math.round(item.score * 100))}%` })),
-        el("div", { class: "muted" }, `score ${percent(item.score)}`),
-        el("div", { class: "path" }, taxonPath(t))),
+        el("div", { class: "muted" }, score),
+        el("div", { class: "path" }, taxonPath(taxon))),
       refs));
   });
   $("pick-unknown").onchange = () => { state.picked = null; markSelected(); };
@@ -80,7 +85,7 @@ async function identify() {
   $("identify-error").classList.add("hidden");
   $("saved").classList.add("hidden");
   $("identify").disabled = true;
-  $("identify-status").textContent = "Identifying…";
+  $("identify-status").textContent = t("volunteer.identifying");
   try {
     state.prepared = await preparePhotos(state.files);
     const form = new FormData();
@@ -90,7 +95,8 @@ async function identify() {
     fillFromExif(state.prepared.exif);
     // Keyboard and screen-reader users land on the results (the next Tab reaches the candidates).
     $("results-title").focus();
-    $("identify-status").textContent = `Model ${state.result.model.name} ${state.result.model.version}`;
+    $("identify-status").textContent = t("volunteer.model", { name: state.result.model.name,
+      version: state.result.model.version });
   } catch (error) {
     showError($("identify-error"), error);
     $("identify-status").textContent = "";
@@ -123,16 +129,16 @@ function renderSession() {
   $("session-stop").classList.toggle("hidden", !s);
   if (s) {
     const left = Math.max(0, Math.round((s.endsAt - Date.now()) / 60000));
-    $("session-status").textContent = `Session ${s.id.slice(0, 8)} — ${left} min left`;
+    $("session-status").textContent = t("volunteer.session_left", { id: s.id.slice(0, 8), count: left });
   } else {
-    $("session-status").textContent = "No session: each observation stands alone.";
+    $("session-status").textContent = t("volunteer.no_session");
   }
 }
 
 async function submitObservation(event) {
   event.preventDefault();
   $("submit-error").classList.add("hidden");
-  if (!state.prepared) { showError($("submit-error"), "Add photos and identify them first."); return; }
+  if (!state.prepared) { showError($("submit-error"), t("volunteer.identify_first")); return; }
   const form = new FormData();
   for (const file of state.prepared.files) form.append("photos", file, file.name);
   const observedAt = $("observed-at").value;
@@ -149,7 +155,7 @@ async function submitObservation(event) {
   const session = currentSession();
   if (session) form.append("session_id", session.id);
   $("submit").disabled = true;
-  $("submit-status").textContent = "Sending…";
+  $("submit-status").textContent = t("volunteer.sending");
   try {
     const created = await api("/api/v1/observations", {
       method: "POST", form, headers: { "Idempotency-Key": crypto.randomUUID() } });
@@ -159,7 +165,7 @@ async function submitObservation(event) {
       await api(`/api/v1/observations/${created.id}/identifications`, { method: "POST", json });
     }
     $("submit-status").textContent = "";
-    $("saved").textContent = `Saved as observation ${created.id}. Thank you! Photograph the next insect.`;
+    $("saved").textContent = t("volunteer.saved", { id: String(created.id) });
     $("saved").classList.remove("hidden");
     state.files = []; state.prepared = null; state.result = null; state.picked = null;
     renderPreviews();
@@ -180,28 +186,28 @@ async function submitObservation(event) {
 function mineTaxon(o) {
   if (o.community_taxon) return o.community_taxon.scientific_name;
   const result = o.prediction && o.prediction.result;
-  if (result && "rollup" in result) return `${answerText(result.rollup)} (model)`;
-  return o.taxon ? `${o.taxon.scientific_name} (model)` : "—";
+  if (result && "rollup" in result) return t("volunteer.by_model", { what: answerText(result.rollup) });
+  return o.taxon ? t("volunteer.by_model", { what: o.taxon.scientific_name }) : "—";
 }
 
 async function loadMine() {
   $("mine-error").classList.add("hidden");
   const body = $("mine");
   if (!getKey()) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "Sign in to see your observations.")));
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, t("volunteer.mine_signed_out"))));
     return;
   }
   try {
     const page = await api("/api/v1/observations", { query: { limit: 50 } });
     body.replaceChildren(...page.data.map((o) => el("tr", {},
-      el("td", {}, o.observed_at ? new Date(o.observed_at).toLocaleString() : "—"),
-      el("td", {}, el("span", { class: `status ${o.status}` }, o.status.replaceAll("_", " "))),
+      el("td", {}, o.observed_at ? formatDateTime(o.observed_at) : "—"),
+      el("td", {}, el("span", { class: `status ${o.status}` }, label("common.status_", o.status))),
       el("td", {}, mineTaxon(o)),
       el("td", {}, o.session_id ? o.session_id.slice(0, 8) : "—"))));
-    if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "No observations yet.")));
+    if (!page.data.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, t("volunteer.mine_empty"))));
   } catch (error) {
     if (error.status === 401) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "Sign in to see your observations.")));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" }, t("volunteer.mine_signed_out"))));
     } else {
       showError($("mine-error"), error);
     }
@@ -209,12 +215,16 @@ async function loadMine() {
 }
 
 setupSignIn($("signin"), $("signin-status"), loadMine);
-$("photos").addEventListener("change", (event) => {
-  const chosen = Array.from(event.target.files || []);
+function addChosenPhotos() {
+  const chosen = Array.from($("photos").files || []);
   state.files = [...state.files, ...chosen].slice(0, MAX_PHOTOS);
-  if (chosen.length + state.files.length > MAX_PHOTOS) $("identify-status").textContent = `At most ${MAX_PHOTOS} photos.`;
+  if (chosen.length + state.files.length > MAX_PHOTOS) $("identify-status").textContent = t("volunteer.at_most", { count: MAX_PHOTOS });
   renderPreviews();
-});
+}
+$("photos").addEventListener("change", addChosenPhotos);
+// Photos chosen before this script ran (a slow connection, the page's catalogue still loading, or a browser
+// that restored the field): take them now, as if chosen just now.
+if ($("photos").files && $("photos").files.length) addChosenPhotos();
 $("identify").addEventListener("click", identify);
 // The map, the coordinate fields and "Use my location" (place.js keeps them in step).
 const place = mountPlacePicker({ map: $("place-map"), latitude: $("latitude"), longitude: $("longitude"),
