@@ -1,10 +1,12 @@
 // pollinid — volunteer page: photos → suggestions → observation.
-import { api, el, fillSelect, getKey, percent, setupSignIn, showError, vocabulary } from "./api.js";
+import { api, el, fillSelect, getKey, setupSignIn, showError, vocabulary } from "./api.js";
 import { answerDetail, answerKind, answerText, renderAnswer, taxonNameNodes } from "./answer.js";
 import { formatDateTime, label, mountLanguageSwitch, t, translatePage } from "./i18n.js";
 import { preparePhotos } from "./photos.js";
 import { mountPlacePicker } from "./place.js";
 import { referenceStrip } from "./references.js";
+import { addPlace, mountNearbySwitch, nearbyLine, nearbyOn, nearbySummary, nearbyUsed, orderResults,
+  scoreLine } from "./nearby.js";
 
 const MAX_PHOTOS = 5;
 const SESSION_MINUTES = 20;
@@ -52,7 +54,9 @@ function renderResults(result) {
   renderAnswerBox(result.rollup);
   const cards = $("cards");
   cards.replaceChildren();
-  result.results.forEach((item, index) => {
+  const nearby = nearbyOn();  // where and when (nearby.js): order, label and both scores
+  $("nearby-status").textContent = nearbySummary(result, nearby);
+  orderResults(result, nearby).forEach((item, index) => {
     const taxon = item.taxon;
     const id = `pick-${index}`;
     const radio = el("input", { type: "radio", name: "pick", id, value: taxon.label,
@@ -61,7 +65,7 @@ function renderResults(result) {
     // Photos of the suggested taxon to compare with (references.js), not the volunteer's own photo again.
     const refs = taxon.rank === "none" ? null
       : referenceStrip(taxon.label || taxon.scientific_name, { name: taxon.scientific_name });
-    const score = t("volunteer.score", { score: percent(item.score) });
+    const score = scoreLine(item, nearby);
     cards.append(el("label", { class: "card with-refs", for: id, "data-label": taxon.label },
       el("div", {},
         el("div", { class: "row" }, radio, el("span", { class: "name" }, `${index + 1}. `, ...taxonNameNodes(taxon))),
@@ -69,6 +73,7 @@ function renderResults(result) {
         el("div", { class: "bar", role: "img", "aria-label": score },
           el("span", { style: `width:${Math.max(2, Math.round(item.score * 100))}%` })),
         el("div", { class: "muted" }, score),
+        nearbyLine(item, nearby),
         el("div", { class: "path" }, taxonPath(taxon))),
       refs));
   });
@@ -90,9 +95,11 @@ async function identify() {
     state.prepared = await preparePhotos(state.files);
     const form = new FormData();
     for (const file of state.prepared.files) form.append("photos", file, file.name);
+    fillFromExif(state.prepared.exif);  // before asking: the place and date go with the photos
+    addPlace(form, { latitude: $("latitude").value, longitude: $("longitude").value,
+      observedAt: $("observed-at").value });
     state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
     renderResults(state.result);
-    fillFromExif(state.prepared.exif);
     // Keyboard and screen-reader users land on the results (the next Tab reaches the candidates).
     $("results-title").focus();
     $("identify-status").textContent = t("volunteer.model", { name: state.result.model.name,
@@ -226,6 +233,16 @@ $("photos").addEventListener("change", addChosenPhotos);
 // that restored the field): take them now, as if chosen just now.
 if ($("photos").files && $("photos").files.length) addChosenPhotos();
 $("identify").addEventListener("click", identify);
+// Where and when: an answer that was re-ranked carries both orders; otherwise ask again with the place.
+const placeGiven = () => $("latitude").value !== "" && $("longitude").value !== "";
+mountNearbySwitch($("nearby-switch"), (on) => {
+  if (!state.result) return;
+  if (on && !nearbyUsed(state.result) && placeGiven()) identify();
+  else renderResults(state.result);
+});
+for (const id of ["latitude", "longitude", "observed-at"]) {
+  $(id).addEventListener("change", () => { if (state.result && nearbyOn() && placeGiven()) identify(); });
+}
 // The map, the coordinate fields and "Use my location" (place.js keeps them in step).
 const place = mountPlacePicker({ map: $("place-map"), latitude: $("latitude"), longitude: $("longitude"),
   locate: $("locate"), status: $("locator") });
