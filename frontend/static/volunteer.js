@@ -100,7 +100,7 @@ async function identify() {
       observedAt: $("observed-at").value });
     state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
     renderResults(state.result);
-    // Keyboard and screen-reader users land on the results (the next Tab reaches the candidates).
+    // Keyboard and screen-reader users land on the results (Tab goes on to the candidates).
     $("results-title").focus();
     $("identify-status").textContent = t("volunteer.model", { name: state.result.model.name,
       version: state.result.model.version });

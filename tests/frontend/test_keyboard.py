@@ -73,8 +73,8 @@ def test_volunteer_records_an_observation_with_the_keyboard_alone(live_server, p
     assert len(labels) == 3, labels
 
     # The candidates are one radio group: Tab enters it, the arrow keys pick, Space picks the focused one.
-    presses = _tab_to(page, "input[name=pick]", limit=3)
-    assert presses == 1, "the first Tab after identifying should reach the candidates"
+    # (From the results' heading, a few Tabs at most: the where-and-when switch may come first.)
+    _tab_to(page, "input[name=pick]", limit=3)
     page.keyboard.press("Space")
     assert page.locator(".card.selected").get_attribute("data-label") == labels[0]
     page.keyboard.press("ArrowDown")
