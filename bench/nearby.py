@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     t2 = time.perf_counter()
     n_queries = 0
     with factory() as session:
-        for (photo, label), (results, _) in zip(photos_all, answers, strict=True):
+        for (_photo, label), (results, _) in zip(photos_all, answers, strict=True):
             idx = by_label.get(label, 0)
             by_label[label] = idx + 1
             fit = idx % 2 == 0
