@@ -69,7 +69,8 @@ export function mountPlacePicker(fields) {
     fromExif(lat, lon, precisionM = null) {
       if (fields.latitude.value || fields.longitude.value) return;
       if (!Number.isFinite(lat) || !Number.isFinite(lon)) return;
-      fill(lat, lon);
+      fields.latitude.value = String(lat); // as the photo says it, no digits added
+      fields.longitude.value = String(lon);
       source = "exif";
       precision = precisionM;
       map.setPlace(lat, lon, { precisionM, recenter: true });

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.frontend.a11y import assert_accessible
 from tests.frontend.browser_support import make_user
 from tests.frontend.conftest import ARTIFACTS
 
@@ -37,6 +38,13 @@ def fields(page: Any) -> tuple[float, float]:
     return float(page.locator("#latitude").input_value()), float(page.locator("#longitude").input_value())
 
 
+def map_box(page: Any, selector: str) -> dict[str, float]:
+    """The map's box in the viewport, scrolled into view first (photos loading above it move it down)."""
+    view = page.locator(f"{selector} .map-view")
+    view.scroll_into_view_if_needed()
+    return view.bounding_box()
+
+
 def wait_level(page: Any, selector: str, level: str) -> None:
     page.wait_for_function(
         "([sel, level]) => { const m = document.querySelector(sel + ' .map');"
@@ -54,6 +62,7 @@ def identify_photo(page: Any) -> None:
     page.locator("#photos").set_input_files(str(FIXTURES / "red_admiral.jpg"))
     page.locator("#identify").click()
     page.locator(".card").first.wait_for()
+    page.wait_for_load_state("networkidle")  # the candidates' reference photos are in: the layout stays put
 
 
 def to_details(page: Any, server: Any) -> None:
@@ -95,10 +104,10 @@ def test_the_volunteer_picks_drags_and_types_the_place_on_an_offline_map(live_se
     assert "Coordinates typed in" in page.locator("#locator").inner_text()
     assert page.evaluate(CANVAS_COLOURS, sel) > 3
     page.wait_for_function("() => Number(document.querySelector('#place-map .map').dataset.cities) > 0")  # names shown
+    assert_accessible(page, "volunteer page with the map and a typed place")
 
     # A click 60 px east of the marker picks a place a little east of it, at the same latitude.
-    page.locator(f"{sel} .map-view").scroll_into_view_if_needed()
-    box = page.locator(f"{sel} .map-view").bounding_box()
+    box = map_box(page, sel)
     mx, my = float(s["markerX"]), float(s["markerY"])
     page.mouse.click(box["x"] + mx + 60, box["y"] + my)
     lat, lon = fields(page)
@@ -109,7 +118,7 @@ def test_the_volunteer_picks_drags_and_types_the_place_on_an_offline_map(live_se
     assert "Place picked on the map" in page.locator("#locator").inner_text()
 
     # Dragging the marker (by its head, 18 px above its point) moves the place south-west.
-    box = page.locator(f"{sel} .map-view").bounding_box()
+    box = map_box(page, sel)
     mx, my = float(s["markerX"]), float(s["markerY"])
     page.mouse.move(box["x"] + mx, box["y"] + my - 18)
     page.mouse.down()
@@ -123,6 +132,7 @@ def test_the_volunteer_picks_drags_and_types_the_place_on_an_offline_map(live_se
     assert float(s["markerY"]) == pytest.approx(my + 40, abs=1.5)
 
     # Dragging the map elsewhere pans it and leaves the place alone.
+    box = map_box(page, sel)
     page.mouse.move(box["x"] + 40, box["y"] + box["height"] - 30)
     page.mouse.down()
     page.mouse.move(box["x"] + 90, box["y"] + box["height"] - 60, steps=4)
@@ -208,6 +218,7 @@ def test_my_location_fills_the_fields_shows_its_accuracy_and_the_specialist_sees
             assert page.evaluate(CANVAS_COLOURS, "#place-view") > 3
             label = page.locator("#place-view .map-view").get_attribute("aria-label")
             assert label == "Map of the observation's place"
+            assert_accessible(page, "specialist page with the observation's place on the map")
             # read-only: a click does not move the place
             page.locator("#place-view .map-view").click(position={"x": 20, "y": 20})
             assert float(state(page, "#place-view")["latitude"]) == pytest.approx(48.8566)
