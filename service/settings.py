@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # Where and when as evidence (service.nearby): records of each candidate taxon (validated observations and
     # imported occurrences) within nearby_radius_km of the photo's place and nearby_season_days of its day of
     # the year (circular) re-rank the suggestions, by at most the clip range; the committed answer never
-    # changes. The weights were chosen on the fit half of bench/nearby.py (docs/benchmarks.md).
+    # changes. The weights were chosen on the fit half of bench/expected_nearby.py (docs/benchmarks.md).
     nearby_radius_km: float = Field(default=100.0, gt=0, le=2000)
     nearby_season_days: int = Field(default=30, ge=1, le=183)
     nearby_alpha: float = Field(default=1.0, gt=0)

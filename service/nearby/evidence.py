@@ -13,7 +13,7 @@ suggestion's combined score is ``score_t * r_t^weight``, renormalised so that th
 total probability the model gave them. No place nearby with records gives ``r_t = 1`` for every candidate:
 the model's order. Nothing is ever removed, the model's calibrated ``score`` is kept beside the combined one,
 and the committed answer (the roll-up) is the model's alone. alpha, weight and the clip range were chosen on
-the fit half of ``bench/nearby.py`` (docs/benchmarks.md).
+the fit half of ``bench/expected_nearby.py`` (docs/benchmarks.md).
 
 Per request: three small queries (candidate taxa, occurrences grouped by taxon and 0.1-degree cell, validated
 observations in the box), each on an index.

@@ -16,7 +16,7 @@ label): the best in-range top-1 among the settings whose out-of-range top-1 drop
 printed is on the *report* half. The right answer is never removed: the bench checks that every re-ranked list
 holds exactly the model's candidates.
 
-    python bench/nearby.py --data ../shared/data --json /tmp/bench-nearby.json
+    python bench/expected_nearby.py --data ../shared/data --json /tmp/bench-nearby.json
 """
 
 from __future__ import annotations
