@@ -1,6 +1,7 @@
 // pollinid — the pages' languages. One catalogue per language: /static/i18n/<code>.json (flat keys, "{name}"
-// placeholders, plural forms as {"one": …, "other": …}). The list of languages is /static/i18n/languages.json.
-// Adding a language is one file: copy en.json to <code>.json, translate it, and list it in languages.json.
+// placeholders, plural forms as {"one": …, "other": …}). The service lists the catalogues it has at
+// /static/i18n/languages.json and reads the committed answer's sentences from the same files.
+// Adding a language is one file: copy en.json to <code>.json and translate it (its "_language" is its own name).
 //
 // The choice: the language the person picked (remembered in localStorage), else the first of the browser's
 // languages that has a catalogue, else English. A key missing from a catalogue falls back to English.

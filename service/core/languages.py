@@ -7,15 +7,24 @@ with no name for a taxon has none: an answer in that language carries ``common_n
 then show the scientific name, which every reader shares), never another language's name and never a machine
 translation.
 
-Adding a language to the service is one entry in :data:`ANSWER_SENTENCES` (its sentences and rank words);
-its names come with the data (``common_name_<code>`` columns).
+Adding a language is one file: its catalogue ``frontend/static/i18n/<code>.json`` holds the pages' messages and
+the committed answer's sentences and rank words, which the service reads too (:func:`catalogues`); taxa's names
+in it come with the data (``common_name_<code>`` columns).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+from service.core.bundle import bundled_frontend_dir
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LANGUAGE = "en"
 
@@ -23,32 +32,69 @@ DEFAULT_LANGUAGE = "en"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
 COMMON_NAME_PREFIX = "common_name_"
 
-# The committed answer's sentences per language ({name}: the taxon's words) and the rank words.
-ANSWER_SENTENCES: dict[str, dict[str, Any]] = {
-    "en": {
-        "not_sure": "Not sure: the photo does not show enough to name anything. Try a closer, sharper photo.",
-        "no_insect": "No insect found in this photo: try closer.",
-        "insect": "An insect we cannot place yet: an expert will look at it.",
-        "species_common": "{common} ({name})",
-        "coarse_common": "{common} ({rank} {name}): the species needs an expert.",
-        "coarse": "{Rank} {name}: the species needs an expert.",
-        "ranks": {"species": "species", "genus": "genus", "family": "family", "order": "order", "class": "class"},
-    },
-    "fr": {
-        "not_sure": "Incertain : la photo ne montre pas assez de détails pour nommer quoi que ce soit. "
-                    "Essayez une photo plus nette, prise de plus près.",
-        "no_insect": "Aucun insecte trouvé sur cette photo : approchez-vous.",
-        "insect": "Un insecte que nous ne savons pas encore situer : un spécialiste l'examinera.",
-        "species_common": "{common} ({name})",
-        "coarse_common": "{common} ({rank} {name}) : l'espèce demande l'avis d'un spécialiste.",
-        "coarse": "{Rank} {name} : l'espèce demande l'avis d'un spécialiste.",
-        "ranks": {"species": "espèce", "genus": "genre", "family": "famille", "order": "ordre", "class": "classe"},
-    },
-}
-LANGUAGES: tuple[str, ...] = tuple(ANSWER_SENTENCES)
+# The catalogue keys the service reads: the committed answer's sentences ({common}, {rank}, {name}) and the rank
+# words. The pages build the same sentences from the same keys, so the API and the pages say the same words.
+ANSWER_KEYS = ("not_sure", "no_insect", "insect", "species_common", "coarse_common", "coarse")
+RANK_KEYS = ("species", "genus", "family", "order", "class")
+ROOT_NAME_KEY = "answer.root_name"  # class Insecta's common name ("Insect", "Insecte")
 
-# Class Insecta, the root of every model's tree, in each language.
-ROOT_COMMON_NAMES: dict[str, str] = {"en": "Insect", "fr": "Insecte"}
+
+def catalogue_dir() -> Path:
+    """The languages' catalogues: ``frontend/static/i18n/<code>.json``, one file per language."""
+    return bundled_frontend_dir() / "static" / "i18n"
+
+
+@lru_cache(maxsize=1)
+def catalogues() -> dict[str, dict[str, Any]]:
+    """``{code: catalogue}`` of the installation's languages (:func:`read_catalogues` of :func:`catalogue_dir`)."""
+    return read_catalogues(catalogue_dir())
+
+
+def read_catalogues(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{code: catalogue}`` of every ``<code>.json`` in ``directory`` (English first).
+
+    Adding a language is one file: a catalogue holds the pages' messages and the service's answer sentences. A
+    file whose name is not a language code, that is not JSON, or that lacks a sentence the service needs is left
+    out (and logged), so a half-made catalogue never breaks answers in the others.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")):
+        code = path.stem.lower()
+        if not is_language_code(code):
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("language catalogue %s is unreadable: %s", path, exc)
+            continue
+        missing = [key for key in (*(f"answer.{k}" for k in ANSWER_KEYS),
+                                   *(f"answer.rank_{k}" for k in RANK_KEYS), "_language")
+                   if not isinstance(data, dict) or not isinstance(data.get(key), str)]
+        if missing:
+            logger.warning("language catalogue %s lacks %s: left out", path, ", ".join(missing))
+            continue
+        found[code] = data
+    if DEFAULT_LANGUAGE not in found:
+        raise RuntimeError(f"the English catalogue {directory / 'en.json'} is missing or incomplete: "
+                           "reinstall pollinid")
+    return {DEFAULT_LANGUAGE: found.pop(DEFAULT_LANGUAGE), **found}
+
+
+def languages() -> tuple[str, ...]:
+    """The languages the service speaks (English first): those with a catalogue."""
+    return tuple(catalogues())
+
+
+def language_names() -> dict[str, str]:
+    """``{code: the language's name in itself}``: the pages' language switch."""
+    return {code: str(data["_language"]) for code, data in catalogues().items()}
+
+
+def root_common_names() -> dict[str, str]:
+    """Class Insecta's common name per language (from each catalogue's ``answer.root_name``)."""
+    return {code: str(data[ROOT_NAME_KEY]) for code, data in catalogues().items()
+            if isinstance(data.get(ROOT_NAME_KEY), str) and data[ROOT_NAME_KEY].strip()}
+
 
 _TAG = re.compile(r"^(?:\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*)$")
 _Q = re.compile(r"^q\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$", re.IGNORECASE)
@@ -82,12 +128,12 @@ def parse_accept_language(header: str | None) -> list[tuple[str, float]]:
     return [(tag, q) for _, tag, q in out]
 
 
-def pick_language(header: str | None, available: Iterable[str] = LANGUAGES) -> str:
+def pick_language(header: str | None, available: Iterable[str] | None = None) -> str:
     """The best of ``available`` for an ``Accept-Language`` header; English when nothing fits or it is garbage.
 
     ``fr-CH`` matches ``fr``; ``*`` matches the first available language (English first when offered).
     """
-    offered = [code.lower() for code in available]
+    offered = [code.lower() for code in (languages() if available is None else available)]
     if not offered:
         return DEFAULT_LANGUAGE
     for tag, _q in parse_accept_language(header):
@@ -125,32 +171,37 @@ def name_in(common_name: str | None, common_names: Mapping[str, str] | None, lan
 
 
 def rank_word(rank: str, language: str) -> str:
-    words: dict[str, str] = sentences(language)["ranks"]
-    return words.get(rank, rank)
+    word = _catalogue(language).get(f"answer.rank_{rank}")
+    return str(word) if isinstance(word, str) else rank
 
 
-def sentences(language: str) -> dict[str, Any]:
-    return ANSWER_SENTENCES.get(language) or ANSWER_SENTENCES[DEFAULT_LANGUAGE]
+def _catalogue(language: str) -> dict[str, Any]:
+    found = catalogues()
+    return found.get(language) or found[DEFAULT_LANGUAGE]
 
 
 def answer_sentence(kind: str | None, rank: str | None, scientific_name: str | None, common_name: str | None,
                     language: str = DEFAULT_LANGUAGE) -> str:
     """The committed answer in plain words: ``kind`` None means no answer at all (nothing is safe to say)."""
-    words = sentences(language)
+    words = _catalogue(language)
     if kind is None:
-        return str(words["not_sure"])
+        return str(words["answer.not_sure"])
     if kind in ("no_insect", "insect"):
-        return str(words[kind])
+        return str(words[f"answer.{kind}"])
     name = scientific_name or ""
     rank = rank or "species"
     if rank == "species":
         if common_name and common_name != name:
-            return str(words["species_common"]).format(common=common_name, name=name)
+            return str(words["answer.species_common"]).format(common=common_name, name=name)
         return name
     word = rank_word(rank, language)
     if common_name:
-        return str(words["coarse_common"]).format(common=common_name, rank=word, name=name)
-    return str(words["coarse"]).format(Rank=word[:1].upper() + word[1:], name=name)
+        return str(words["answer.coarse_common"]).format(common=common_name, rank=word, name=name)
+    sentence = str(words["answer.coarse"])
+    # The sentence starts with the rank word: capitalised there ("Family Vespidae: ...").
+    if sentence.startswith("{rank}"):
+        word = word[:1].upper() + word[1:]
+    return sentence.format(rank=word, name=name)
 
 
 def localize_taxon(taxon: Mapping[str, Any] | None, language: str) -> dict[str, Any] | None:

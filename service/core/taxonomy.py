@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.core.languages import DEFAULT_LANGUAGE, ROOT_COMMON_NAMES, answer_sentence, name_in
+from service.core.languages import DEFAULT_LANGUAGE, answer_sentence, name_in, root_common_names
 from service.core.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 
 ANCESTOR_RANKS: tuple[str, ...] = ("order", "family", "genus")
@@ -111,9 +111,9 @@ class TaxonTree:
                                        common_names=info.common_names))
             self._label_keys[label] = node.key
             return node
-        root_names = {code: name for code, name in ROOT_COMMON_NAMES.items() if code != DEFAULT_LANGUAGE}
-        parent: str | None = self._add(TaxonNode(key=ROOT_KEY, name=ROOT_NAME, rank=ROOT_RANK,
-                                                 common_name=ROOT_COMMON_NAMES[DEFAULT_LANGUAGE],
+        root_names = root_common_names()
+        english = root_names.pop(DEFAULT_LANGUAGE, None)
+        parent: str | None = self._add(TaxonNode(key=ROOT_KEY, name=ROOT_NAME, rank=ROOT_RANK, common_name=english,
                                                  common_names=root_names)).key
         own_name = (info.scientific_name or label).strip()
         for rank in ANCESTOR_RANKS:

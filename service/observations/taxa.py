@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.core.errors import InvalidRequest, NotFound
-from service.core.languages import DEFAULT_LANGUAGE, ROOT_COMMON_NAMES
+from service.core.languages import DEFAULT_LANGUAGE, root_common_names
 from service.core.modelcard import NOT_A_TAXON, RANKS, ROOT_NAME, ROOT_RANK, LabelTaxon, ModelCard
 from service.core.taxonomy import read_taxonomy_csv
 from service.store.tables import Taxon, TaxonLabel, TaxonName
@@ -33,9 +33,6 @@ logger = logging.getLogger(__name__)
 TAXA_LOCK_KEY = 0x7461786100000001
 
 
-ROOT_COMMON_NAME = ROOT_COMMON_NAMES[DEFAULT_LANGUAGE]
-# Class Insecta's names in other languages (the ``taxon_names`` rows of the root).
-ROOT_OTHER_NAMES = {code: name for code, name in ROOT_COMMON_NAMES.items() if code != DEFAULT_LANGUAGE}
 
 
 class UnknownTaxon(InvalidRequest):
@@ -76,7 +73,9 @@ def _lineage_of(label: str, info: LabelTaxon) -> list[tuple[str, str, str | None
         name = values.get(rank)
         if isinstance(name, str) and name.strip():
             root = (rank, name.strip()) == (ROOT_RANK, ROOT_NAME)
-            chain.append((rank, name.strip(), ROOT_COMMON_NAME if root else None, ROOT_OTHER_NAMES if root else {}))
+            names = root_common_names() if root else {}
+            # Class Insecta's English name, and its names in other languages (the root's ``taxon_names`` rows).
+            chain.append((rank, name.strip(), names.pop(DEFAULT_LANGUAGE, None), names))
     own = values.get(leaf_rank) if leaf_rank != "species" else None
     name = info.scientific_name or (own if isinstance(own, str) and own.strip() else None) or label
     chain.append((leaf_rank, name.strip(), info.common_name, info.common_names))

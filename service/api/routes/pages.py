@@ -6,11 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.types import Scope
+
+from service.core.languages import language_names
 
 PAGES = {"/": "index.html", "/expert": "expert.html", "/admin": "admin.html"}
 
@@ -63,6 +65,12 @@ def mount_pages(app: FastAPI, frontend_dir: Path) -> None:
     for path, filename in PAGES.items():
         if (frontend_dir / filename).is_file():
             router.add_api_route(path, _page(filename), methods=["GET"])
+
+    def language_list() -> JSONResponse:
+        # The pages' language switch: one entry per catalogue file, so adding a language is adding its file.
+        return JSONResponse(language_names(), headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
+
+    router.add_api_route("/static/i18n/languages.json", language_list, methods=["GET"])
     app.include_router(router)
     static = frontend_dir / "static"
     if static.is_dir():

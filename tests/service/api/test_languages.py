@@ -115,3 +115,13 @@ def test_observations_and_queue_in_french(env: Env) -> None:
     # A French name names a taxon wherever a name is accepted (a specialist's identification).
     r = env.identify("exp", oid, kind="propose", taxon="Vulcain")
     assert r.status_code == 201, r.text
+
+
+def test_the_language_switch_lists_one_entry_per_catalogue_file(env: Env) -> None:
+    from service.core.languages import catalogue_dir
+
+    r = env.client.get("/static/i18n/languages.json")
+    assert r.status_code == 200
+    files = sorted(path.stem for path in catalogue_dir().glob("*.json"))
+    assert sorted(r.json()) == files
+    assert r.json()["en"] == "English" and r.json()["fr"] == "Français"

@@ -135,3 +135,55 @@ def test_localize_a_stored_answer() -> None:
     assert fr["images"][0]["results"][0]["taxon"]["common_name"] is None  # stored before names per language
     assert result["results"][0]["taxon"]["common_name"] == "Red admiral"  # the stored dict is not changed
     assert localize_answer(result, "en") == result
+
+
+# -- one file per language -----------------------------------------------------------------------------------------
+
+def _write_json(path: Path, data: object) -> None:
+    import json
+
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def test_adding_a_language_is_one_catalogue_file(tmp_path: Path) -> None:
+    import json
+
+    from service.core.languages import catalogue_dir, catalogues, language_names, read_catalogues
+
+    english = json.loads((catalogue_dir() / "en.json").read_text(encoding="utf-8"))
+    _write_json(tmp_path / "en.json", english)
+    german = {**english, "_language": "Deutsch", "answer.rank_family": "Familie",
+              "answer.coarse": "{rank} {name}: die Art braucht einen Fachmann."}
+    _write_json(tmp_path / "de.json", german)
+    found = read_catalogues(tmp_path)
+    assert list(found) == ["en", "de"]  # English first, then the new file
+    assert found["de"]["answer.rank_family"] == "Familie"
+    # The installation's own catalogues: the pages' switch and the service speak the same languages.
+    assert set(catalogues()) >= {"en", "fr"}
+    assert language_names()["fr"] == "Français"
+    assert pick_language("fr-CH") == "fr"
+
+
+def test_a_half_made_or_broken_catalogue_is_left_out(tmp_path: Path) -> None:
+    import json
+
+    from service.core.languages import catalogue_dir, read_catalogues
+
+    english = json.loads((catalogue_dir() / "en.json").read_text(encoding="utf-8"))
+    _write_json(tmp_path / "en.json", english)
+    _write_json(tmp_path / "it.json", {"_language": "Italiano"})  # no answer sentences yet
+    (tmp_path / "nl.json").write_text("{not json", encoding="utf-8")
+    _write_json(tmp_path / "not-a-code.json", english)
+    assert list(read_catalogues(tmp_path)) == ["en"]
+    (tmp_path / "en.json").unlink()
+    with pytest.raises(RuntimeError, match="English catalogue"):
+        read_catalogues(tmp_path)
+
+
+def test_the_service_and_the_pages_say_the_same_answer():
+    from service.core.languages import catalogues
+
+    french = catalogues()["fr"]
+    assert answer_sentence("taxon", "family", "Vespidae", None, "fr") == \
+        french["answer.coarse"].replace("{rank}", "Famille").replace("{name}", "Vespidae")
+    assert answer_sentence("no_insect", "none", None, None, "fr") == french["answer.no_insect"]
