@@ -99,10 +99,17 @@ def claim_queue(
 
 
 def release_lease(session: Session, user: User, observation_id: int) -> None:
-    """Give a leased item back to the queue."""
+    """Give a leased item back to the queue.
+
+    Idempotent: an item nobody holds (never leased, given back already, or its lease expired) is left as it is, so a
+    page that gives the same lease back twice (a filter change crossing a prefetch) gets no error. Only a lease that
+    another expert holds now is refused.
+    """
     obs = session.get(Observation, observation_id, with_for_update=True)
     if obs is None:
         raise NotFound(f"observation {observation_id} not found")
+    if not lease_active(obs):
+        return
     if obs.lease_user_id != user.id and user.role != Role.admin:
         raise Conflict("this observation is not leased to you")
     obs.lease_user_id, obs.lease_expires_at = None, None

@@ -66,9 +66,9 @@ def read_queue(
 
 
 @router.delete("/queue/{observation_id}/lease", status_code=status.HTTP_204_NO_CONTENT,
-               responses=errors(404, 422, {409: "the observation is not leased to this expert"}))
+               responses=errors(404, 422, {409: "another expert holds this observation's lease"}))
 def release_lease(observation_id: int, user: CurrentUser, session: SessionDep) -> None:
-    """Give a leased observation back to the queue."""
+    """Give a leased observation back to the queue (no error when nobody holds it any more)."""
     queue.release_lease(session, user, observation_id)
     session.commit()
 
