@@ -12,6 +12,7 @@ from service.core.vocabulary import (
     JobKind,
     JobState,
     Licence,
+    LocationSource,
     ObservationStatus,
     Role,
 )
@@ -37,4 +38,5 @@ def read_vocabulary() -> VocabularyPublic:
         version_states=list(VersionState),
         version_states_needing_force=[s for s in VersionState if s in FORCE_STATES],
         version_origins=list(Origin),
+        location_sources=list(LocationSource),
     )

@@ -10,6 +10,7 @@ from service.core.vocabulary import (
     JobKind,
     JobState,
     Licence,
+    LocationSource,
     ObservationStatus,
     Role,
 )
@@ -33,3 +34,4 @@ class VocabularyPublic(BaseModel):
         description="the states a model version is activated in only with force and a reason"
     )
     version_origins: list[Origin]
+    location_sources: list[LocationSource] = Field(description="how an observation's place was given")

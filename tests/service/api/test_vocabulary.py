@@ -16,6 +16,7 @@ from service.core.vocabulary import (
     JobKind,
     JobState,
     Licence,
+    LocationSource,
     ObservationStatus,
     Role,
 )
@@ -45,6 +46,7 @@ def test_vocabulary_answers_exactly_the_enums_values_without_a_key(sqlite_settin
         "version_states": values(VersionState),
         "version_states_needing_force": [s.value for s in VersionState if s in FORCE_STATES],
         "version_origins": values(Origin),
+        "location_sources": values(LocationSource),
     }
     assert r.json()["licences"] == values(Licence) and r.json()["default_licence"] == DEFAULT_LICENCE
     assert r.json()["job_states_finished"] == ["succeeded", "failed", "cancelled"]
