@@ -17,13 +17,17 @@ def test_wheel_install_finds_the_bundled_model_and_pages(tmp_path):
     probe = (
         "from service.settings import Settings; s = Settings(data_dir='d'); "
         "import service.inference.registry as r; entries = r.scan_models(s.models_dir); "
-        "print(s.models_dir); print(s.frontend_dir); print(len(entries))"
+        "print(s.models_dir); print(s.frontend_dir); print(len(entries)); "
+        "from service.core.languages import languages; print(','.join(languages()))"
     )
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout.split()
-    models_dir, frontend_dir, count = Path(out[0]), Path(out[1]), int(out[2])
+    models_dir, frontend_dir, count, spoken = Path(out[0]), Path(out[1]), int(out[2]), out[3].split(",")
     assert models_dir.is_relative_to(target) and frontend_dir.is_relative_to(target)
     assert (frontend_dir / "index.html").is_file() and (frontend_dir / "static" / "api.js").is_file()
+    # The language catalogues (read by the service too) and the offline map's data ship with the pages.
+    assert spoken[0] == "en" and "fr" in spoken
+    assert (frontend_dir / "static" / "map" / "world-110m.json").is_file()
     bundled = sorted(p.relative_to(ROOT / "models") for p in (ROOT / "models").glob("*/*/model.onnx"))
     assert count == len(bundled) >= 1
     for rel in bundled:
