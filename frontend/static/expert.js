@@ -1,6 +1,7 @@
 // pollinid — specialist page: validation queue, zoomable viewer, agree / correct / cannot tell.
 import { api, authedImageUrl, el, getKey, percent, setupSignIn, showError } from "./api.js";
 import { answerKind, rankWord, renderAnswer, taxonNameNodes } from "./answer.js";
+import { wireComboboxKeys } from "./combobox.js";
 import { formatDateTime, label, mountLanguageSwitch, t, translatePage } from "./i18n.js";
 import { referenceStrip } from "./references.js";
 import { mountPlaceView } from "./place.js";
@@ -202,22 +203,10 @@ async function suggestTaxa() {
 function setupAutocomplete() {
   const input = $("taxon");
   input.addEventListener("input", () => { clearTimeout(state.suggestTimer); state.suggestTimer = setTimeout(() => suggestTaxa().catch((e) => showError($("identify-error"), e)), 150); });
-  input.addEventListener("keydown", (e) => {
-    const options = [...$("taxon-list").children];
-    if (!options.length || $("taxon-list").classList.contains("hidden")) return;
-    let index = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
-    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
-      e.preventDefault();
-      index = e.key === "ArrowDown" ? Math.min(options.length - 1, index + 1) : Math.max(0, index - 1);
-      options.forEach((o, i) => o.setAttribute("aria-selected", String(i === index)));
-      input.setAttribute("aria-activedescendant", options[index].id);
-    } else if (e.key === "Enter" && index >= 0) {
-      e.preventDefault();
-      const opt = options[index];
-      chooseTaxon(Number(opt.dataset.id), opt.textContent.split(" — ")[0].split(" (")[0]);
-    } else if (e.key === "Escape") closeList();
+  wireComboboxKeys(input, $("taxon-list"), {
+    choose: (index, option) => chooseTaxon(Number(option.dataset.id), option.textContent.split(" — ")[0].split(" (")[0]),
+    close: closeList,
   });
-  input.addEventListener("blur", () => setTimeout(closeList, 100));
 }
 
 // ---- keyboard shortcuts -----------------------------------------------------------------------------

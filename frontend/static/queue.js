@@ -5,6 +5,7 @@
 // for two items: the one shown and the next; the next one's lease is held and its photos are in authedImageUrl's
 // cache, so that after a verdict it appears at once while the following one is fetched in the background.
 import { api, authedImageUrl, el, showError } from "./api.js";
+import { wireComboboxKeys } from "./combobox.js";
 import { formatNumber, t, translatePage } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
@@ -198,22 +199,8 @@ function setupTaxon() {
     clearTimeout(q.taxonTimer);
     q.taxonTimer = setTimeout(() => suggestTaxa().catch((e) => showError($("queue-error"), e)), 150);
   });
-  input.addEventListener("keydown", (e) => {
-    const list = $("f-taxon-list");
-    const options = [...list.children];
-    if (!options.length || list.classList.contains("hidden")) return;
-    let index = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
-    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
-      e.preventDefault();
-      index = e.key === "ArrowDown" ? Math.min(options.length - 1, index + 1) : Math.max(0, index - 1);
-      options.forEach((o, i) => o.setAttribute("aria-selected", String(i === index)));
-      input.setAttribute("aria-activedescendant", options[index].id);
-    } else if (e.key === "Enter" && index >= 0) {
-      e.preventDefault();
-      chooseTaxon(list._taxa[index]);
-    } else if (e.key === "Escape") closeTaxa();
-  });
-  input.addEventListener("blur", () => setTimeout(closeTaxa, 100));
+  const list = $("f-taxon-list");
+  wireComboboxKeys(input, list, { choose: (index) => chooseTaxon(list._taxa[index]), close: closeTaxa });
 }
 
 /** Wire the filter form; `reload` shows the queue's first item again (expert.js's next()). */
