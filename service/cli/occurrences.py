@@ -4,9 +4,9 @@ where-and-when evidence for the suggestions (see :mod:`service.nearby`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+
+from service.cli.data import _fail, _session
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,25 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=occurrences_delete)
 
 
-def _factory() -> tuple[Any, Any, Any]:
-    from service.settings import get_settings
-    from service.store.db import create_db_engine, init_db, make_session_factory
-
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_db_engine(settings.resolved_database_url)
-    init_db(engine)
-    return engine, settings, make_session_factory(engine)
-
-
 def occurrences_import(args: argparse.Namespace) -> int:
     from service.core.errors import PollinidError
     from service.nearby.occurrences import OccurrenceLimits, import_archive
 
     if not args.file.is_file():
-        print(f"error: no file {args.file}", file=sys.stderr)
-        return 2
-    engine, settings, factory = _factory()
+        return _fail(f"no file {args.file}")
+    engine, settings, factory = _session()
     try:
         with factory() as session:
             row = import_archive(session, args.file, file_name=args.file.name,
@@ -51,8 +39,7 @@ def occurrences_import(args: argparse.Namespace) -> int:
                   f"{row.rows_unknown_taxon} of taxa the installation does not know, {row.rows_incomplete} "
                   "without place or month")
     except PollinidError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return _fail(exc.message)
     finally:
         engine.dispose()
     return 0
@@ -61,7 +48,7 @@ def occurrences_import(args: argparse.Namespace) -> int:
 def occurrences_list(args: argparse.Namespace) -> int:
     from service.nearby.occurrences import list_imports, record_count
 
-    engine, _, factory = _factory()
+    engine, _, factory = _session()
     try:
         with factory() as session:
             print(f"{'id':>5}  {'read':>9}  {'imported':>9}  {'unknown':>9}  {'no place':>9}  "
@@ -79,14 +66,13 @@ def occurrences_delete(args: argparse.Namespace) -> int:
     from service.core.errors import PollinidError
     from service.nearby.occurrences import delete_import
 
-    engine, _, factory = _factory()
+    engine, _, factory = _session()
     try:
         with factory() as session:
             n = delete_import(session, args.import_id)
             print(f"deleted import {args.import_id} and its {n} records")
     except PollinidError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        return _fail(exc.message)
     finally:
         engine.dispose()
     return 0
