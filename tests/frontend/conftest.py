@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.frontend.browser_support import browser_page
+
 CHROMIUM = os.environ.get("POLLINID_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("POLLINID_TEST_ARTIFACTS", "test-artifacts"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -75,19 +76,5 @@ def live_server(settings: object) -> Iterator[LiveServer]:
 @pytest.fixture
 def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
     """A fresh browser page; any console error or uncaught exception fails the test; a screenshot is kept."""
-    context = browser.new_context(viewport={"width": 360, "height": 780})  # type: ignore[attr-defined]
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("response",
-            lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
-    page.console_errors = errors  # tests that expect an API error can clear this list
-    yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
-    try:
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    finally:
-        context.close()
-    assert not errors, "errors in the browser console:\n" + "\n".join(errors)
+    with browser_page(browser, request) as page:
+        yield page

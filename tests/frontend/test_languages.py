@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,7 @@ import pytest
 
 from service.core.modelcard import LabelTaxon, ModelCard
 from tests.frontend.answer_model import write_answer_model, write_photo
-from tests.frontend.browser_support import make_user
-from tests.frontend.conftest import ARTIFACTS
+from tests.frontend.browser_support import browser_page, make_user
 
 pytestmark = pytest.mark.browser
 
@@ -45,27 +42,6 @@ def models_dir(tmp_path: Path) -> Path:
         card.taxonomy[label] = LabelTaxon.model_validate({**card.taxonomy[label].model_dump(), "common_name_fr": name})
     card.save(folder)
     return root
-
-
-@contextmanager
-def browser_page(browser: Any, request: pytest.FixtureRequest, locale: str, suffix: str = "") -> Iterator[Any]:
-    """A page in a browser context with this locale; errors in its console fail the test, a screenshot is kept."""
-    context = browser.new_context(viewport={"width": 360, "height": 780}, locale=locale)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("response",
-            lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
-    page.console_errors = errors
-    try:
-        yield page
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
-        page.screenshot(path=str(ARTIFACTS / f"{name}{suffix}.png"), full_page=True)
-    finally:
-        context.close()
-    assert not errors, "errors in the browser console:\n" + "\n".join(errors)
 
 
 def _visible_words(page: Any) -> str:

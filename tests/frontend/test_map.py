@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from tests.frontend.a11y import assert_accessible
-from tests.frontend.browser_support import make_user
-from tests.frontend.conftest import ARTIFACTS
+from tests.frontend.browser_support import ARTIFACTS, make_user
 
 pytestmark = pytest.mark.browser
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.frontend import tour
-from tests.frontend.conftest import ARTIFACTS
+from tests.frontend.browser_support import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.frontend.browser_support import make_user
+from tests.frontend.browser_support import make_user, watch_errors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LANGUAGES = {"en": "en-GB", "fr": "fr-FR"}
@@ -58,12 +58,7 @@ def open_page(browser: Any, lang: str, viewport: dict[str, int]) -> Any:
     context = browser.new_context(viewport=viewport, locale=LANGUAGES[lang])
     context.add_init_script(f"try {{ localStorage.setItem('pollinid.lang', '{lang}'); }} catch (e) {{}}")
     page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.on("response",
-            lambda r: errors.append(f"HTTP {r.status} {r.request.method} {r.url}") if r.status >= 400 else None)
-    page.console_errors = errors
+    watch_errors(page)
     return page
 
 
