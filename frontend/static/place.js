@@ -8,14 +8,16 @@ import { createMap, formatPrecision } from "./map.js";
 const DECIMALS = 6; // about 0.1 m: the fields never claim less than the place holds
 
 /**
- * fields: {map, latitude, longitude, locate, status} elements. Returns {fromExif(lat, lon, precisionM),
- * source(), precision(), map}.
+ * fields: {map, latitude, longitude, locate, status} elements, and onChange() (optional), called when the map
+ * or the device's fix changes the place (typing fires the fields' own change events). Returns {fromExif(lat, lon,
+ * precisionM), source(), precision(), map}.
  */
 export function mountPlacePicker(fields) {
   let source = null;
   let precision = null;
 
   function say(text) { fields.status.textContent = text; }
+  const changed = () => { if (fields.onChange) fields.onChange(); };
 
   function fill(lat, lon) {
     fields.latitude.value = lat.toFixed(DECIMALS);
@@ -29,6 +31,7 @@ export function mountPlacePicker(fields) {
       source = "map";
       precision = precisionM ?? null;
       say(t("map.source_map", { precision: formatPrecision(precision) }));
+      changed();
     },
   });
 
@@ -59,6 +62,7 @@ export function mountPlacePicker(fields) {
       precision = Number.isFinite(accuracy) && accuracy > 0 ? Math.round(accuracy) : null;
       map.setPlace(latitude, longitude, { precisionM: precision, recenter: true });
       say(precision ? t("map.source_gps", { precision: formatPrecision(precision) }) : t("map.source_gps_plain"));
+      changed();
     }, (error) => say(t("map.geolocation_failed", { message: error.message })),
     { enableHighAccuracy: true, timeout: 10000 });
   });

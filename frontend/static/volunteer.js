@@ -11,6 +11,7 @@ import { addPlace, mountNearbySwitch, nearbyLine, nearbyOn, nearbySummary, nearb
 const MAX_PHOTOS = 5;
 const SESSION_MINUTES = 20;
 const SESSION_STORAGE = "pollinid.session";
+const REASK_DELAY_MS = 400; // a new place or date: ask again once it has settled
 const $ = (id) => document.getElementById(id);
 translatePage();
 mountLanguageSwitch($("language"));
@@ -86,7 +87,15 @@ function markSelected() {
   }
 }
 
-async function identify() {
+let asked = 0; // the latest /identify asked: an older answer arriving late is dropped
+
+/**
+ * Ask for the photos' taxa (with the place and date, when given). toResults: move the focus to the results, as
+ * when the volunteer pressed "Identify"; a re-ask because the place or date changed leaves the focus (and the
+ * page's scroll) where the volunteer is working.
+ */
+async function identify({ toResults = true } = {}) {
+  const ask = ++asked;
   $("identify-error").classList.add("hidden");
   $("saved").classList.add("hidden");
   $("identify").disabled = true;
@@ -98,17 +107,20 @@ async function identify() {
     fillFromExif(state.prepared.exif);  // before asking: the place and date go with the photos
     addPlace(form, { latitude: $("latitude").value, longitude: $("longitude").value,
       observedAt: $("observed-at").value });
-    state.result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
+    const result = await api("/api/v1/identify", { method: "POST", form, query: { top_k: 5 } });
+    if (ask !== asked) return;
+    state.result = result;
     renderResults(state.result);
     // Keyboard and screen-reader users land on the results (Tab goes on to the candidates).
-    $("results-title").focus();
+    if (toResults) $("results-title").focus();
     $("identify-status").textContent = t("volunteer.model", { name: state.result.model.name,
       version: state.result.model.version });
   } catch (error) {
+    if (ask !== asked) return;
     showError($("identify-error"), error);
     $("identify-status").textContent = "";
   } finally {
-    $("identify").disabled = state.files.length === 0;
+    if (ask === asked) $("identify").disabled = state.files.length === 0;
   }
 }
 
@@ -232,20 +244,26 @@ $("photos").addEventListener("change", addChosenPhotos);
 // Photos chosen before this script ran (a slow connection, the page's catalogue still loading, or a browser
 // that restored the field): take them now, as if chosen just now.
 if ($("photos").files && $("photos").files.length) addChosenPhotos();
-$("identify").addEventListener("click", identify);
+$("identify").addEventListener("click", () => identify());
 // Where and when: an answer that was re-ranked carries both orders; otherwise ask again with the place.
 const placeGiven = () => $("latitude").value !== "" && $("longitude").value !== "";
 mountNearbySwitch($("nearby-switch"), (on) => {
   if (!state.result) return;
-  if (on && !nearbyUsed(state.result) && placeGiven()) identify();
+  if (on && !nearbyUsed(state.result) && placeGiven()) identify({ toResults: false });
   else renderResults(state.result);
 });
-for (const id of ["latitude", "longitude", "observed-at"]) {
-  $(id).addEventListener("change", () => { if (state.result && nearbyOn() && placeGiven()) identify(); });
+// A new place or date asks again (once it settles: a marker dragged across the map asks once, at the end).
+let reaskTimer = null;
+function reask() {
+  clearTimeout(reaskTimer);
+  reaskTimer = setTimeout(() => {
+    if (state.result && nearbyOn() && placeGiven()) identify({ toResults: false });
+  }, REASK_DELAY_MS);
 }
+for (const id of ["latitude", "longitude", "observed-at"]) $(id).addEventListener("change", reask);
 // The map, the coordinate fields and "Use my location" (place.js keeps them in step).
 const place = mountPlacePicker({ map: $("place-map"), latitude: $("latitude"), longitude: $("longitude"),
-  locate: $("locate"), status: $("locator") });
+  locate: $("locate"), status: $("locator"), onChange: reask });
 $("observation-form").addEventListener("submit", submitObservation);
 $("refresh-mine").addEventListener("click", loadMine);
 $("session-start").addEventListener("click", () => {

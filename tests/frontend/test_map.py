@@ -106,9 +106,15 @@ def test_the_volunteer_picks_drags_and_types_the_place_on_an_offline_map(live_se
     assert_accessible(page, "volunteer page with the map and a typed place")
 
     # A click 60 px east of the marker picks a place a little east of it, at the same latitude.
+    # The new place asks for the answer again (once), and the page stays where the volunteer is working: the
+    # focus is not sent back up to the results.
     box = map_box(page, sel)
     mx, my = float(s["markerX"]), float(s["markerY"])
-    page.mouse.click(box["x"] + mx + 60, box["y"] + my)
+    with page.expect_response(lambda r: "/api/v1/identify" in r.url and r.status == 200):
+        page.mouse.click(box["x"] + mx + 60, box["y"] + my)
+    page.wait_for_load_state("networkidle")
+    assert page.evaluate("document.activeElement.id") != "results-title"
+    assert page.locator(f"{sel} .map-view").bounding_box()["y"] == pytest.approx(box["y"], abs=2)  # not scrolled
     lat, lon = fields(page)
     assert lat == pytest.approx(45.188, abs=0.01) and 5.7245 < lon < 5.7245 + 1
     s = state(page, sel)
