@@ -88,6 +88,25 @@ function markSelected() {
 }
 
 let asked = 0; // the latest /identify asked: an older answer arriving late is dropped
+let reaskTimer = null;
+
+const placeGiven = () => $("latitude").value !== "" && $("longitude").value !== "";
+
+/** A new place or date asks again (once it settles: a marker dragged across the map asks once, at the end). */
+function reask() {
+  clearTimeout(reaskTimer);
+  reaskTimer = setTimeout(() => {
+    if (state.result && nearbyOn() && placeGiven()) identify({ toResults: false });
+  }, REASK_DELAY_MS);
+}
+
+/** The observation is being sent: no re-ask may bring its photos' answer back afterwards. */
+function dropAsks() {
+  clearTimeout(reaskTimer);
+  asked += 1;
+  $("identify").disabled = state.files.length === 0;
+  if ($("identify-status").textContent === t("volunteer.identifying")) $("identify-status").textContent = "";
+}
 
 /**
  * Ask for the photos' taxa (with the place and date, when given). toResults: move the focus to the results, as
@@ -158,6 +177,7 @@ async function submitObservation(event) {
   event.preventDefault();
   $("submit-error").classList.add("hidden");
   if (!state.prepared) { showError($("submit-error"), t("volunteer.identify_first")); return; }
+  dropAsks();
   const form = new FormData();
   for (const file of state.prepared.files) form.append("photos", file, file.name);
   const observedAt = $("observed-at").value;
@@ -246,20 +266,11 @@ $("photos").addEventListener("change", addChosenPhotos);
 if ($("photos").files && $("photos").files.length) addChosenPhotos();
 $("identify").addEventListener("click", () => identify());
 // Where and when: an answer that was re-ranked carries both orders; otherwise ask again with the place.
-const placeGiven = () => $("latitude").value !== "" && $("longitude").value !== "";
 mountNearbySwitch($("nearby-switch"), (on) => {
   if (!state.result) return;
   if (on && !nearbyUsed(state.result) && placeGiven()) identify({ toResults: false });
   else renderResults(state.result);
 });
-// A new place or date asks again (once it settles: a marker dragged across the map asks once, at the end).
-let reaskTimer = null;
-function reask() {
-  clearTimeout(reaskTimer);
-  reaskTimer = setTimeout(() => {
-    if (state.result && nearbyOn() && placeGiven()) identify({ toResults: false });
-  }, REASK_DELAY_MS);
-}
 for (const id of ["latitude", "longitude", "observed-at"]) $(id).addEventListener("change", reask);
 // The map, the coordinate fields and "Use my location" (place.js keeps them in step).
 const place = mountPlacePicker({ map: $("place-map"), latitude: $("latitude"), longitude: $("longitude"),

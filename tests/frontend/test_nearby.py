@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from service.nearby.occurrences import OccurrenceLimits, import_archive
+from tests.frontend.browser_support import make_user
 from tests.helpers import photo_bytes
 from tests.service.nearby.archives import dwca, occurrence_row
 
@@ -89,3 +90,34 @@ def test_switch_changes_order_labels_and_scores(live_server, page, tmp_path, lan
     page.locator("#cards .card").first.wait_for()
     assert page.locator("#nearby-switch").is_checked() is False
     assert _cards(page)[:2] == ["red_admiral", "common_blue"]
+
+
+def test_a_reask_still_on_its_way_when_the_observation_is_sent_is_dropped(live_server, page, tmp_path) -> None:
+    """The place typed just before "Save": the re-ask it starts must not bring the saved photos' answer back."""
+    photo = tmp_path / "purple.jpg"
+    photo.write_bytes(photo_bytes(PURPLE))
+    page.goto(live_server.url + "/")
+    page.evaluate("(key) => localStorage.setItem('pollinid.apiKey', key)", make_user(live_server, "rita", "volunteer"))
+    page.reload()
+    page.locator("#photos").set_input_files(str(photo))
+    page.locator("#identify").click()
+    page.locator("#cards .card").first.wait_for()
+
+    held: list[Any] = []
+    page.route("**/api/v1/identify*", lambda route: held.append(route))
+    _enter_place(page)
+    page.wait_for_function("() => document.querySelector('#identify').disabled")  # the re-ask is on its way
+    assert page.evaluate("document.activeElement.id") != "results-title"  # and leaves the focus alone
+    page.locator("#submit").click()
+    page.locator("#saved").wait_for()
+    assert page.locator("#results-panel").is_hidden()
+    with page.expect_response(lambda r: "/api/v1/identify" in r.url) as answered:
+        for route in held:
+            route.continue_()
+    assert answered.value.ok
+    page.unroute("**/api/v1/identify*")
+    page.wait_for_timeout(200)  # the late answer has been handled (or dropped)
+    assert page.locator("#results-panel").is_hidden()
+    assert page.locator("#saved").is_visible()
+    assert page.locator("#identify").is_disabled()  # no photos chosen: nothing to identify
+    assert page.locator("#identify-status").inner_text() == ""
