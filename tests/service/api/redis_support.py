@@ -53,6 +53,9 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 def keys_under(prefix: str) -> dict[str, int]:
-    """The keys under ``prefix`` and their TTL in seconds."""
+    """The keys under ``prefix`` and their time to live in milliseconds (-1: none). In milliseconds because TTL's
+    whole seconds round a key with under half a second left down to 0; a key that expires between the scan and
+    the read is left out."""
     with redis_client() as client:
-        return {key.decode(): int(client.ttl(key)) for key in client.scan_iter(match=f"{prefix}:*", count=1000)}
+        ttls = {key.decode(): int(client.pttl(key)) for key in client.scan_iter(match=f"{prefix}:*", count=1000)}
+    return {key: ttl for key, ttl in ttls.items() if ttl != -2}
