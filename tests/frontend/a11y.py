@@ -30,7 +30,12 @@ def describe(violations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def blocking_violations(page: Any) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations on the page shown."""
+    return [v for v in axe_violations(page) if v.get("impact") in BLOCKING_IMPACTS]
+
+
 def assert_accessible(page: Any, where: str) -> None:
     """Fail listing every serious or critical axe-core violation on the page shown; ``where`` names the state."""
-    blocking = [v for v in axe_violations(page) if v.get("impact") in BLOCKING_IMPACTS]
+    blocking = blocking_violations(page)
     assert not blocking, f"axe-core: serious or critical violations on {where}:\n{describe(blocking)}"

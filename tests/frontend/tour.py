@@ -1,5 +1,5 @@
-"""A tour of every page in every state that matters, in one language: the set-up shared by the accessibility
-checks and the screenshots (plain functions, not fixtures).
+"""A tour of every page in every state that matters, in one language: the set-up of the walk that runs
+the accessibility checks and keeps the screenshots (test_page_tour.py; plain functions, not fixtures).
 
 Each scene brings a page of the live service to one state through the page itself (no text is matched, so a
 scene works in any language): the volunteer page empty and with the results of a real photo, the specialist
