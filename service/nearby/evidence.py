@@ -42,14 +42,19 @@ SEASON_YEAR = 2001  # days of the year on a common year (see service.nearby.occu
 YEAR_DAYS = 365
 
 
+def _setting(name: str) -> Any:
+    """A setting's default: the one place the evidence's defaults are written (service.settings)."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class NearbyParams:
-    radius_km: float = 100.0
-    season_days: int = 30
-    alpha: float = 1.0
-    weight: float = 1.5
-    clip_low: float = 0.33
-    clip_high: float = 3.0
+    radius_km: float = _setting("nearby_radius_km")
+    season_days: int = _setting("nearby_season_days")
+    alpha: float = _setting("nearby_alpha")
+    weight: float = _setting("nearby_weight")
+    clip_low: float = _setting("nearby_clip_low")
+    clip_high: float = _setting("nearby_clip_high")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NearbyParams:
