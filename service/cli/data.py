@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +59,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.set_defaults(func=export_data)
 
 
-def _engine_and_settings() -> tuple[Any, Any]:
+@contextmanager
+def _engine() -> Iterator[tuple[Any, Any]]:
+    """The configured database's engine and the settings, for one command; the engine is disposed after."""
     from service.settings import get_settings
     from service.store.db import create_db_engine
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return create_db_engine(settings.resolved_database_url), settings
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        yield engine, settings
+    finally:
+        engine.dispose()
 
 
-def _session(migrate: bool = True) -> tuple[Any, Any, Any]:
+@contextmanager
+def _database() -> Iterator[tuple[Any, Any]]:
+    """The settings and a session factory on the configured database, migrated to head, for one command."""
     from service.store.db import init_db, make_session_factory
 
-    engine, settings = _engine_and_settings()
-    if migrate:
+    with _engine() as (engine, settings):
         init_db(engine)
-    return engine, settings, make_session_factory(engine)
+        yield settings, make_session_factory(engine)
 
 
 def _fail(message: str) -> int:
@@ -83,35 +92,26 @@ def _fail(message: str) -> int:
 def db_upgrade(args: argparse.Namespace) -> int:
     from service.store.migrations import current_revision, upgrade
 
-    engine, _ = _engine_and_settings()
-    try:
+    with _engine() as (engine, _):
         upgrade(engine, args.revision)
         print(f"database at revision {current_revision(engine)}")
-    finally:
-        engine.dispose()
     return 0
 
 
 def db_downgrade(args: argparse.Namespace) -> int:
     from service.store.migrations import current_revision, downgrade
 
-    engine, _ = _engine_and_settings()
-    try:
+    with _engine() as (engine, _):
         downgrade(engine, args.revision)
         print(f"database at revision {current_revision(engine)}")
-    finally:
-        engine.dispose()
     return 0
 
 
 def db_current(args: argparse.Namespace) -> int:
     from service.store.migrations import current_revision, head_revision
 
-    engine, _ = _engine_and_settings()
-    try:
+    with _engine() as (engine, _):
         current, head = current_revision(engine), head_revision()
-    finally:
-        engine.dispose()
     print(f"current: {current or '(empty database)'}")
     print(f"head:    {head}")
     return 0 if current == head else 1
@@ -121,17 +121,14 @@ def users_create(args: argparse.Namespace) -> int:
     from service import accounts as auth
     from service.core.errors import PollinidError
 
-    engine, settings, factory = _session()
     try:
-        with factory() as session:
+        with _database() as (settings, factory), factory() as session:
             user, key = auth.create_user(session=session, settings=settings, name=args.name, role=args.role)
             session.commit()
             print(f"created {user.role} {user.name!r} (id {user.id}); the API key is shown once:")
             print(key)
     except PollinidError as exc:
         return _fail(exc.message)
-    finally:
-        engine.dispose()
     return 0
 
 
@@ -141,33 +138,25 @@ def users_add_key(args: argparse.Namespace) -> int:
     from service import accounts as auth
     from service.store.tables import User
 
-    engine, settings, factory = _session()
-    try:
-        with factory() as session:
-            user = session.scalar(select(User).where(User.name == args.name))
-            if user is None:
-                return _fail(f"no user named {args.name!r}")
-            row, key = auth.create_key(session=session, settings=settings, user=user)
-            session.commit()
-            print(f"new key {row.id} for {user.name!r}; shown once:")
-            print(key)
-    finally:
-        engine.dispose()
+    with _database() as (settings, factory), factory() as session:
+        user = session.scalar(select(User).where(User.name == args.name))
+        if user is None:
+            return _fail(f"no user named {args.name!r}")
+        row, key = auth.create_key(session=session, settings=settings, user=user)
+        session.commit()
+        print(f"new key {row.id} for {user.name!r}; shown once:")
+        print(key)
     return 0
 
 
 def users_list(args: argparse.Namespace) -> int:
     from service import accounts as auth
 
-    engine, _, factory = _session()
-    try:
-        with factory() as session:
-            print(f"{'id':>5}  {'role':<9}  {'active':<6}  {'keys (id:prefix, * = revoked)':<40}  name")
-            for u in auth.list_users(session=session):
-                keys = " ".join(f"{k.id}:{k.prefix}{'*' if k.revoked_at else ''}" for k in u.keys)
-                print(f"{u.id:>5}  {u.role:<9}  {u.active!s:<6}  {keys:<40}  {u.name}")
-    finally:
-        engine.dispose()
+    with _database() as (_, factory), factory() as session:
+        print(f"{'id':>5}  {'role':<9}  {'active':<6}  {'keys (id:prefix, * = revoked)':<40}  name")
+        for u in auth.list_users(session=session):
+            keys = " ".join(f"{k.id}:{k.prefix}{'*' if k.revoked_at else ''}" for k in u.keys)
+            print(f"{u.id:>5}  {u.role:<9}  {u.active!s:<6}  {keys:<40}  {u.name}")
     return 0
 
 
@@ -178,9 +167,8 @@ def users_revoke(args: argparse.Namespace) -> int:
     from service.core.errors import PollinidError
     from service.store.tables import User
 
-    engine, _, factory = _session()
     try:
-        with factory() as session:
+        with _database() as (_, factory), factory() as session:
             if args.key_id is not None:
                 auth.revoke_key(session=session, key_id=args.key_id)
                 print(f"revoked key {args.key_id}")
@@ -193,8 +181,6 @@ def users_revoke(args: argparse.Namespace) -> int:
             session.commit()
     except PollinidError as exc:
         return _fail(exc.message)
-    finally:
-        engine.dispose()
     return 0
 
 
@@ -206,8 +192,7 @@ def import_taxonomy(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         return _fail(f"{args.file} is not a file")
-    engine, _, factory = _session()
-    try:
+    with _database() as (_, factory):
         with factory() as session:
             try:
                 result = import_taxonomy_csv(session, args.file)
@@ -217,20 +202,15 @@ def import_taxonomy(args: argparse.Namespace) -> int:
                 return _fail(exc.message)
             session.commit()
         print(f"taxa: {result.created} created, {result.updated} updated, {result.labels} labels mapped")
-    finally:
-        engine.dispose()
     return 0
 
 
 def export_data(args: argparse.Namespace) -> int:
     from service.exports.kinds import export
 
-    engine, settings, factory = _session()
-    try:
+    with _database() as (settings, factory):
         with factory() as session:
             result = export(session, settings, args.kind, args.out)
         extra = f", {result.media} photos" if result.kind != ExportKind.csv else ""
         print(f"wrote {result.kind} export of {result.records} records{extra} to {result.path}")
-    finally:
-        engine.dispose()
     return 0

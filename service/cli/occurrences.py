@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.cli.data import _fail, _session
+from service.cli.data import _database, _fail
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +30,8 @@ def occurrences_import(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         return _fail(f"no file {args.file}")
-    engine, settings, factory = _session()
     try:
-        with factory() as session:
+        with _database() as (settings, factory), factory() as session:
             row = import_archive(session, args.file, file_name=args.file.name,
                                  limits=OccurrenceLimits.from_settings(settings))
             print(f"import {row.id} ({row.file_name}): {row.rows_read} rows read, {row.rows_imported} imported, "
@@ -40,25 +39,19 @@ def occurrences_import(args: argparse.Namespace) -> int:
                   "without place or month")
     except PollinidError as exc:
         return _fail(exc.message)
-    finally:
-        engine.dispose()
     return 0
 
 
 def occurrences_list(args: argparse.Namespace) -> int:
     from service.nearby.occurrences import list_imports, record_count
 
-    engine, _, factory = _session()
-    try:
-        with factory() as session:
-            print(f"{'id':>5}  {'read':>9}  {'imported':>9}  {'unknown':>9}  {'no place':>9}  "
-                  f"{'imported at':<20}  file")
-            for r in list_imports(session):
-                print(f"{r.id:>5}  {r.rows_read:>9}  {r.rows_imported:>9}  {r.rows_unknown_taxon:>9}  "
-                      f"{r.rows_incomplete:>9}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.file_name}")
-            print(f"{record_count(session)} occurrence records in all")
-    finally:
-        engine.dispose()
+    with _database() as (_, factory), factory() as session:
+        print(f"{'id':>5}  {'read':>9}  {'imported':>9}  {'unknown':>9}  {'no place':>9}  "
+              f"{'imported at':<20}  file")
+        for r in list_imports(session):
+            print(f"{r.id:>5}  {r.rows_read:>9}  {r.rows_imported:>9}  {r.rows_unknown_taxon:>9}  "
+                  f"{r.rows_incomplete:>9}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.file_name}")
+        print(f"{record_count(session)} occurrence records in all")
     return 0
 
 
@@ -66,13 +59,10 @@ def occurrences_delete(args: argparse.Namespace) -> int:
     from service.core.errors import PollinidError
     from service.nearby.occurrences import delete_import
 
-    engine, _, factory = _session()
     try:
-        with factory() as session:
+        with _database() as (_, factory), factory() as session:
             n = delete_import(session, args.import_id)
             print(f"deleted import {args.import_id} and its {n} records")
     except PollinidError as exc:
         return _fail(exc.message)
-    finally:
-        engine.dispose()
     return 0
