@@ -83,15 +83,14 @@ def test_volunteer_page_fits_a_small_screen_and_reports_a_bad_photo(live_server,
 
 
 def test_volunteer_page_is_light(live_server, page):
-    """The volunteer page's own JavaScript and CSS stay under 200 KB and it loads in under a second."""
+    """The volunteer page's own JavaScript and CSS stay under 200 KB. (How fast it loads is a speed target,
+    measured by bench/page_load.py against a baseline in the same run, not timed here.)"""
     sizes: dict[str, int] = {}
     page.on("response", lambda r: sizes.__setitem__(r.url, len(r.body())) if r.url.endswith((".js", ".css")) else None)
     page.goto(live_server.url + "/")
     page.wait_for_load_state("load")
-    timing = page.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")
     assert sum(sizes.values()) < 200 * 1024, sizes
     assert {Path(u).name for u in sizes} >= {"app.css", "api.js", "volunteer.js", "photos.js"}
-    assert timing["loadEventEnd"] - timing["startTime"] < 1000
 
 
 def _big_photo_with_exif(path: Path) -> None:
