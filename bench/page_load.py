@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,20 +25,13 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.observations import free_port, percentile  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 TARGET_MS = 1000.0
 NAVIGATION = "performance.getEntriesByType('navigation')[0].toJSON()"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
