@@ -32,6 +32,9 @@ from bench.observations import free_port, percentile  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 TARGET_MS = 1000.0
 NAVIGATION = "performance.getEntriesByType('navigation')[0].toJSON()"
+OWN_CODE_BYTES = ("performance.getEntriesByType('resource')"
+                  ".filter((e) => /\\.(js|css)$/.test(new URL(e.name).pathname))"
+                  ".reduce((sum, e) => sum + e.decodedBodySize, 0)")
 
 
 def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -56,19 +59,16 @@ def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.2)
 
 
-def load_once(browser: Any, url: str, weigh: bool) -> tuple[float, int]:
-    """One cold load of ``url``: loadEventEnd in ms, and the bytes of the .js/.css it fetched (when weighed)."""
+def load_once(browser: Any, url: str) -> tuple[float, int]:
+    """One cold load of ``url``: loadEventEnd in ms, and the decoded bytes of the .js/.css the page fetched."""
     context = browser.new_context()
     page = context.new_page()
-    sizes: dict[str, int] = {}
-    if weigh:
-        page.on("response", lambda r: sizes.__setitem__(r.url, len(r.body()))
-                if r.url.endswith((".js", ".css")) else None)
     page.goto(url)
     page.wait_for_load_state("load")
     timing = page.evaluate(NAVIGATION)
+    weight = page.evaluate(OWN_CODE_BYTES)
     context.close()
-    return float(timing["loadEventEnd"] - timing["startTime"]), sum(sizes.values())
+    return float(timing["loadEventEnd"] - timing["startTime"]), int(weight)
 
 
 def main() -> int:
@@ -82,12 +82,12 @@ def main() -> int:
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM)
-                load_once(browser, base + "/", weigh=False)  # warm the server (first request, imports)
+                load_once(browser, base + "/")  # warm the server (first request, imports)
                 page_ms, base_ms, weight = [], [], 0
                 for _ in range(args.rounds):
-                    ms, weight = load_once(browser, base + "/", weigh=True)
+                    ms, weight = load_once(browser, base + "/")
                     page_ms.append(ms)
-                    base_ms.append(load_once(browser, base + "/static/app.css", weigh=False)[0])
+                    base_ms.append(load_once(browser, base + "/static/app.css")[0])
                 browser.close()
         finally:
             server.terminate()
